@@ -1,0 +1,53 @@
+# Copyright (c) monai-medt contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Convolutional stem of the MedT networks."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from monai.networks.layers.factories import Conv, Norm
+
+__all__ = ["ConvStem"]
+
+
+class ConvStem(nn.Module):
+    """
+    Three conv-BN-ReLU layers that halve the resolution: 7x7 stride-2 conv to ``out_channels``, 3x3 conv to
+    ``hidden_channels``, 3x3 conv back to ``out_channels`` (all without bias). There is no max-pool.
+
+    Args:
+        in_channels: number of input channels.
+        out_channels: number of output channels (8 in the global branches, 64 in MedT's local branch).
+        hidden_channels: channels of the middle conv. Defaults to 128.
+
+    Examples::
+
+        >>> ConvStem(3, 8)(torch.rand(1, 3, 128, 128)).shape
+        torch.Size([1, 8, 64, 64])
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, hidden_channels: int = 128) -> None:
+        super().__init__()
+        conv = Conv[Conv.CONV, 2]
+        norm = Norm[Norm.BATCH, 2]
+        self.conv1 = conv(in_channels, out_channels, kernel_size=7, stride=2, padding=3, bias=False)
+        self.norm1 = norm(out_channels)
+        self.conv2 = conv(out_channels, hidden_channels, kernel_size=3, padding=1, bias=False)
+        self.norm2 = norm(hidden_channels)
+        self.conv3 = conv(hidden_channels, out_channels, kernel_size=3, padding=1, bias=False)
+        self.norm3 = norm(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.norm1(self.conv1(x)))
+        x = F.relu(self.norm2(self.conv2(x)))
+        return F.relu(self.norm3(self.conv3(x)))
