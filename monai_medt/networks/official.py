@@ -179,13 +179,23 @@ def load_official(
     net_type = OFFICIAL_FACTORIES[_check_factory(factory)]
     net = net_type(in_channels=in_channels, out_channels=out_channels, img_size=img_size)
     converted, dropped = convert_official_state_dict(state_dict, factory)
-    missing, unexpected = net.load_state_dict(converted, strict=False)
-    if missing or unexpected:
+    ours = net.state_dict()
+    missing = [k for k in ours if k not in converted]
+    unexpected = [k for k in converted if k not in ours]
+    mismatched = [
+        f"{k}: {tuple(v.shape)} vs {tuple(ours[k].shape)}"
+        for k, v in converted.items()
+        if k in ours and v.shape != ours[k].shape
+    ]
+    if missing or unexpected or mismatched:
         raise ValueError(
             f"official '{factory}' state dict does not fit {net_type.__name__}(in_channels={in_channels}, "
-            f"out_channels={out_channels}, img_size={img_size}): {len(missing)} missing keys {missing[:5]}, "
-            f"{len(unexpected)} unexpected keys {unexpected[:5]}; check the factory name and its kwargs."
+            f"out_channels={out_channels}, img_size={img_size}): {len(missing)} missing keys {missing[:3]}, "
+            f"{len(unexpected)} unexpected keys {unexpected[:3]}, {len(mismatched)} shape mismatches "
+            f"(official vs ours) {mismatched[:3]}; check the factory name and the in_channels/out_channels/img_size "
+            "the weights were trained with."
         )
+    net.load_state_dict(converted)
     if dropped:
         logger.info("load_official(%s): dropped %d unused official entries: %s", factory, len(dropped), dropped)
     return net

@@ -1,0 +1,164 @@
+# Copyright (c) monai-medt contributors
+# Licensed under the Apache License, Version 2.0 (the "License"); see the LICENSE file.
+"""
+Throughput and peak memory of the MedT networks (and MONAI baselines) on the CPU or a GPU.
+
+Every (model, mode) pair runs in its own subprocess so that the peak RSS belongs to that pair alone. A train step is
+forward + cross-entropy + backward + Adam step in train mode; eval is a no-grad forward in eval mode. Figures are the
+median over ``--repeats`` timed iterations after ``--warmup`` untimed ones.
+
+    python benchmarks/bench_networks.py                       # all MedT variants, 128x128, batch 4, 2 threads
+    python benchmarks/bench_networks.py --models MedT UNet SwinUNETR --size 256 --batch 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+MODELS = ("MedT", "GatedAxialUNet", "AxialUNet", "LoGo", "UNet", "SwinUNETR")
+
+
+def build(name: str, size: int, in_channels: int = 3, out_channels: int = 2):
+    import monai.networks.nets as mnets
+
+    import monai_medt.networks.nets as nets
+
+    if name == "UNet":
+        return mnets.UNet(2, in_channels, out_channels, channels=(32, 64, 128, 256, 512), strides=(2, 2, 2, 2))
+    if name == "SwinUNETR":
+        return mnets.SwinUNETR(in_channels=in_channels, out_channels=out_channels, spatial_dims=2, feature_size=24)
+    return getattr(nets, name)(in_channels, out_channels, img_size=size)
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def run_one(args: argparse.Namespace) -> dict:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    net = build(args.models[0], args.size).to(device)
+    x = torch.rand(args.batch, 3, args.size, args.size, device=device)
+    y = torch.randint(0, 2, (args.batch, args.size, args.size), device=device)
+    amp = args.amp != "none"
+    dtype = torch.bfloat16 if args.amp == "bf16" else torch.float16
+    if args.mode == "train":
+        net.train()
+        opt = torch.optim.Adam(net.parameters(), lr=1e-3, weight_decay=1e-5)
+
+        def step() -> None:
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, dtype=dtype, enabled=amp):
+                loss = torch.nn.functional.cross_entropy(net(x).float(), y)
+            loss.backward()
+            opt.step()
+
+    else:
+        net.eval()
+
+        def step() -> None:
+            with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=amp):
+                net(x)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    for _ in range(args.warmup):
+        step()
+    sync()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - t0)
+    med = statistics.median(times)
+    result = {
+        "model": args.models[0],
+        "mode": args.mode,
+        "size": args.size,
+        "batch": args.batch,
+        "img_per_s": args.batch / med,
+        "median_s": med,
+        "times_s": times,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "params": sum(p.numel() for p in net.parameters()),
+    }
+    if device.type == "cuda":
+        result["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["MedT", "GatedAxialUNet", "AxialUNet", "LoGo"])
+    parser.add_argument("--modes", nargs="+", default=["train", "eval"], choices=["train", "eval"])
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
+    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    parser.add_argument("--mode", default=None, help=argparse.SUPPRESS)  # set for the per-pair subprocess
+    args = parser.parse_args()
+
+    if args.mode is not None:
+        print(json.dumps(run_one(args)))
+        return
+
+    import torch
+
+    print(f"# torch {torch.__version__}, python {platform.python_version()}, {platform.machine()}")
+    print(f"# cpu: {cpu_name()}, {os.cpu_count()} logical cores, threads used: {args.threads}")
+    if args.device.startswith("cuda") and torch.cuda.is_available():
+        print(f"# gpu: {torch.cuda.get_device_name(0)}, amp: {args.amp}")
+    print(f"# input {args.batch}x3x{args.size}x{args.size}, median of {args.repeats} after {args.warmup} warm-up")
+    print(f"{'model':<16}{'mode':<7}{'img/s':>9}{'s/iter':>9}{'peak RSS MiB':>14}{'params':>11}")
+    results = []
+    for model in args.models:
+        for mode in args.modes:
+            cmd = [sys.executable, __file__, "--mode", mode, "--models", model]
+            for key in ("size", "batch", "threads", "warmup", "repeats", "device", "amp"):
+                cmd += [f"--{key}", str(getattr(args, key))]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                print(f"{model:<16}{mode:<7} FAILED: {proc.stderr.strip().splitlines()[-1:]}")
+                continue
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            results.append(r)
+            extra = f"  cuda peak {r['peak_cuda_mib']:.0f} MiB" if "peak_cuda_mib" in r else ""
+            print(
+                f"{model:<16}{mode:<7}{r['img_per_s']:>9.2f}{r['median_s']:>9.3f}"
+                f"{r['peak_rss_mib']:>14.0f}{r['params']:>11,}{extra}",
+                flush=True,
+            )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+# Copyright (c) monai-medt contributors
+# Licensed under the Apache License, Version 2.0 (the "License"); see the LICENSE file.
+"""Shared test fixtures: where the read-only reference data lives."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared_dir() -> Path:
+    """``$MONAI_MEDT_SHARED`` or the ``shared`` folder beside the repository."""
+    return Path(os.environ.get("MONAI_MEDT_SHARED", REPO_ROOT.parent / "shared"))
+
+
+def require_path(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"reference data not found at {path} (set MONAI_MEDT_SHARED to the shared folder)")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_threads():
+    torch.manual_seed(0)
+    yield

@@ -1,0 +1,163 @@
+# Copyright (c) monai-medt contributors
+# Licensed under the Apache License, Version 2.0 (the "License"); see the LICENSE file.
+"""The attention layers against a direct transcription of the MedT / Axial-DeepLab equations."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from monai_medt.networks.blocks import AxialAttention, AxialAttentionNoPos, GatedAxialAttention
+
+
+def _bn(x: torch.Tensor, norm: torch.nn.BatchNorm2d, train: bool) -> torch.Tensor:
+    """Batch norm over dim 1 of any-rank x, with the module's parameters (no running-stat update)."""
+    dims = [d for d in range(x.dim()) if d != 1]
+    shape = [1, -1] + [1] * (x.dim() - 2)
+    if train:
+        mean, var = x.mean(dims), x.var(dims, unbiased=False)
+    else:
+        mean, var = norm.running_mean, norm.running_var
+    return (x - mean.view(shape)) / torch.sqrt(var.view(shape) + norm.eps) * norm.weight.view(shape) + norm.bias.view(
+        shape
+    )
+
+
+def reference_attention(layer: AxialAttention, x: torch.Tensor, train: bool) -> torch.Tensor:
+    """Sequence-by-sequence transcription of spec section 2 (einsums over (batch*other, heads, c, L))."""
+    b, _, h, w = x.shape
+    height = layer.axis == "height"
+    seq = x.permute(0, 3, 1, 2) if height else x.permute(0, 2, 1, 3)  # (B, O, C, L)
+    o, length = seq.shape[1], seq.shape[3]
+    seq = seq.reshape(b * o, -1, length)
+    qkv = torch.einsum("oc,ncl->nol", layer.qkv.weight[:, :, 0, 0], seq)
+    qkv = _bn(qkv, layer.qkv_norm, train).view(b * o, layer.num_heads, 2 * layer.head_dim, length)
+    q, k, v = torch.split(qkv, [layer.qk_dim, layer.qk_dim, layer.head_dim], dim=2)
+    rel = torch.arange(length)
+    emb = layer.relative[:, rel[:, None] - rel[None, :] + length - 1]
+    eq, ek, ev = torch.split(emb, [layer.qk_dim, layer.qk_dim, layer.head_dim], dim=0)
+    gq, gk, gv, gve = layer.gates
+    before = not layer.gate_after_norm
+    qk = torch.einsum("ngci,ngcj->ngij", q, k)
+    qr = torch.einsum("ngci,cij->ngij", q, eq) * (gq if before else 1)
+    kr = torch.einsum("ngci,cij->ngij", k, ek).transpose(2, 3) * (gk if before else 1)
+    logits = _bn(torch.cat([qk, qr, kr], dim=1), layer.logit_norm, train).view(b * o, 3, layer.num_heads, length, -1)
+    if not before:
+        logits = logits * torch.stack([torch.ones(()), gq, gk]).view(1, 3, 1, 1, 1)
+    attn = F.softmax(logits.sum(1), dim=3)
+    sv = torch.einsum("ngij,ngcj->ngci", attn, v) * (gv if before else 1)
+    sve = torch.einsum("ngij,cij->ngci", attn, ev) * (gve if before else 1)
+    out = torch.cat([sv, sve], dim=-1).view(b * o, 2 * layer.out_channels, length)
+    out = _bn(out, layer.out_norm, train).view(b * o, layer.out_channels, 2, length)
+    if not before:
+        out = out * torch.stack([gv, gve]).view(1, 1, 2, 1)
+    out = out.sum(2).view(b, o, layer.out_channels, length)
+    out = out.permute(0, 2, 3, 1) if height else out.permute(0, 2, 1, 3)
+    return F.avg_pool2d(out, layer.stride) if layer.stride > 1 else out
+
+
+def _randomise_norms(layer: torch.nn.Module) -> None:
+    for m in layer.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.5, 0.5)
+
+
+@pytest.mark.parametrize("axis", ["height", "width"])
+@pytest.mark.parametrize("gate_position", ["before_norm", "after_norm"])
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_matches_reference(axis, gate_position, train, stride):
+    layer = GatedAxialAttention(
+        8, 16, kernel_size=12 if axis == "height" else 10, num_heads=4, axis=axis, stride=stride,
+        gate_position=gate_position, gate_init=(0.3, -0.7, 1.3, 0.5),
+    )
+    _randomise_norms(layer)
+    layer.train(train)
+    x = torch.randn(2, 8, 12, 10)
+    expected = reference_attention(layer, x, train)
+    out = layer(x)
+    assert out.shape == (2, 16, 12 // stride, 10 // stride)
+    torch.testing.assert_close(out, expected, atol=2e-5, rtol=1e-4)
+
+
+def test_ungated_equals_unit_gates():
+    torch.manual_seed(1)
+    plain = AxialAttention(8, 16, kernel_size=8, num_heads=4, axis="width")
+    gated = GatedAxialAttention(8, 16, kernel_size=8, num_heads=4, axis="width", gate_init=(1.0, 1.0, 1.0, 1.0))
+    gated.load_state_dict({**plain.state_dict(), "gates": torch.ones(4)})
+    x = torch.randn(3, 8, 5, 8)
+    torch.testing.assert_close(plain(x), gated(x))
+    assert "gates" not in plain.state_dict() and "gates" in gated.state_dict()
+
+
+def test_gate_placement_matters():
+    """After the norm a gate scales its term; before the (train-mode) norm a positive scale is normalised away."""
+    x = torch.randn(2, 8, 8, 8)
+    outs = {}
+    for position in ("before_norm", "after_norm"):
+        for scale in (1.0, 3.0):
+            torch.manual_seed(2)
+            layer = GatedAxialAttention(8, 16, 8, num_heads=4, gate_position=position, gate_init=(0.1, 0.1, scale, 0.1))
+            outs[position, scale] = layer.train()(x)
+    torch.testing.assert_close(outs["before_norm", 1.0], outs["before_norm", 3.0], atol=1e-4, rtol=1e-3)
+    assert (outs["after_norm", 1.0] - outs["after_norm", 3.0]).abs().max() > 0.1
+
+
+def test_gates_frozen_or_learnable():
+    frozen = GatedAxialAttention(8, 16, 8, num_heads=4)
+    learnable = GatedAxialAttention(8, 16, 8, num_heads=4, learnable_gates=True)
+    x = torch.randn(2, 8, 8, 8)
+    frozen(x).sum().backward()
+    learnable(x).pow(2).sum().backward()
+    assert frozen.gates.grad is None and not frozen.gates.requires_grad
+    assert learnable.gates.grad is not None and learnable.gates.grad.abs().sum() > 0
+    torch.testing.assert_close(frozen.gates.detach(), torch.tensor([0.1, 0.1, 1.0, 0.1]))
+
+
+def test_nopos_matches_reference_and_any_length():
+    layer = AxialAttentionNoPos(8, 16, num_heads=4, axis="height")
+    _randomise_norms(layer)
+    for train in (True, False):
+        layer.train(train)
+        x = torch.randn(2, 8, 7, 9)
+        seq = x.permute(0, 3, 1, 2).reshape(18, 8, 7)
+        qkv = _bn(torch.einsum("oc,ncl->nol", layer.qkv.weight[:, :, 0, 0], seq), layer.qkv_norm, train)
+        q, k, v = torch.split(qkv.view(18, 4, 8, 7), [2, 2, 4], dim=2)
+        attn = F.softmax(_bn(torch.einsum("ngci,ngcj->ngij", q, k), layer.logit_norm, train), dim=3)
+        sv = _bn(torch.einsum("ngij,ngcj->ngci", attn, v).reshape(18, 16, 7), layer.out_norm, train)
+        expected = sv.view(2, 9, 16, 7).permute(0, 2, 3, 1)
+        torch.testing.assert_close(layer(x), expected, atol=2e-5, rtol=1e-4)
+
+
+def test_length_checked_in_forward():
+    layer = AxialAttention(8, 16, kernel_size=12, num_heads=4, axis="width")
+    with pytest.raises(ValueError, match="built for length 12"):
+        layer(torch.randn(1, 8, 12, 10))
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        (dict(out_channels=12), "out_channels"),
+        (dict(num_heads=0), "num_heads"),
+        (dict(stride=3), "stride"),
+        (dict(kernel_size=0), "kernel_size"),
+        (dict(gate_init=(1.0, 2.0)), "gate_init"),
+    ],
+)
+def test_bad_arguments(kwargs, name):
+    args = dict(in_channels=8, out_channels=16, kernel_size=8, num_heads=4)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=name):
+        GatedAxialAttention(**args)
+
+
+def test_bad_axis_and_gate_position():
+    with pytest.raises(ValueError, match="depth"):
+        AxialAttention(8, 16, 8, num_heads=4, axis="depth")
+    with pytest.raises(ValueError, match="middle"):
+        AxialAttention(8, 16, 8, num_heads=4, gate_position="middle")

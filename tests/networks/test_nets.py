@@ -1,0 +1,178 @@
+# Copyright (c) monai-medt contributors
+# Licensed under the Apache License, Version 2.0 (the "License"); see the LICENSE file.
+"""Shapes, gradients, argument checks and eval behaviour of the four networks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from monai_medt.networks import gate_values, set_gates_trainable
+from monai_medt.networks.nets import AxialUNet, GatedAxialUNet, LoGo, MedT
+
+VARIANTS = {"MedT": MedT, "LoGo": LoGo, "AxialUNet": AxialUNet, "GatedAxialUNet": GatedAxialUNet}
+LOCAL_GLOBAL = (MedT, LoGo)
+
+
+def build(cls, in_channels, out_channels, size, **kwargs):
+    if cls in LOCAL_GLOBAL:
+        # tiles must be multiples of 32 px
+        size_t = (size, size) if isinstance(size, int) else size
+        kwargs.setdefault("patch_grid", (max(1, size_t[0] // 32), max(1, size_t[1] // 32)))
+    return cls(in_channels, out_channels, img_size=size, **kwargs)
+
+
+# every variant at 64 and 64x96 with three channel/class settings, and at the official 128 with 3 -> 2
+SHAPE_CASES = [
+    (name, size, cin, cout)
+    for name in VARIANTS
+    for size, channel_cases in (
+        (64, [(1, 1), (3, 2), (2, 4)]),
+        ((64, 96), [(1, 1), (3, 2), (2, 4)]),
+        (128, [(3, 2)]),
+    )
+    for cin, cout in channel_cases
+]
+
+
+@pytest.mark.parametrize("name, size, in_channels, out_channels", SHAPE_CASES)
+def test_shapes(name, size, in_channels, out_channels):
+    net = build(VARIANTS[name], in_channels, out_channels, size).eval()
+    h, w = (size, size) if isinstance(size, int) else size
+    with torch.no_grad():
+        out = net(torch.rand(2, in_channels, h, w))
+    assert out.shape == (2, out_channels, h, w)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("cls", [MedT, LoGo])
+def test_local_global_256_grid(cls):
+    net = cls(1, 2, img_size=256).eval()  # 4x4 tiles of 64 px
+    assert net.tile == [64, 64]
+    with torch.no_grad():
+        assert net(torch.rand(1, 1, 256, 256)).shape == (1, 2, 256, 256)
+
+
+@pytest.mark.parametrize(
+    "cls, expected",
+    # official totals less their dead parameters (MedT: 35,536 in unused 1x1 convs + 34 in adjust_p; logo: adjust_p)
+    [(AxialUNet, 1_326_850), (GatedAxialUNet, 1_326_914), (MedT, 1_524_570), (LoGo, 1_529_498)],
+)
+def test_official_parameter_counts(cls, expected):
+    net = cls(3, 2, img_size=128)
+    assert sum(p.numel() for p in net.parameters()) == expected
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_train_backward_reaches_every_parameter(name):
+    kwargs = {} if VARIANTS[name] in (AxialUNet, LoGo) else {"learnable_gates": True}
+    net = build(VARIANTS[name], 3, 3, 64, dropout=0.1, **kwargs).train()
+    x = torch.rand(2, 3, 64, 64)
+    target = torch.randint(0, 3, (2, 64, 64))
+    loss = F.cross_entropy(net(x), target)
+    assert torch.isfinite(loss)
+    loss.backward()
+    for pname, p in net.named_parameters():
+        assert p.requires_grad, pname
+        assert p.grad is not None, f"no gradient reaches {pname}"
+        assert torch.isfinite(p.grad).all(), pname
+        assert p.grad.abs().sum() > 0, f"zero gradient at {pname}"
+
+
+def test_gates_frozen_by_default_then_unfrozen():
+    net = MedT(3, 2, img_size=64, patch_grid=2).train()
+    gates = [p for n, p in net.named_parameters() if n.endswith("gates")]
+    assert len(gates) == 6 and not any(g.requires_grad for g in gates)
+    F.cross_entropy(net(torch.rand(2, 3, 64, 64)), torch.randint(0, 2, (2, 64, 64))).backward()
+    assert all(g.grad is None for g in gates)
+    assert set_gates_trainable(net, True) == 6
+    F.cross_entropy(net(torch.rand(2, 3, 64, 64)), torch.randint(0, 2, (2, 64, 64))).backward()
+    assert all(g.grad is not None and g.grad.abs().sum() > 0 for g in gates)
+    values = gate_values(net)
+    assert len(values) == 6 and all(v == pytest.approx([0.1, 0.1, 1.0, 0.1]) for v in values.values())
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_eval_deterministic_and_batch_independent(name):
+    net = build(VARIANTS[name], 3, 2, 64, dropout=0.3)
+    # make eval-mode batch norm differ from identity so the check has teeth
+    with torch.no_grad():
+        net.train()(torch.rand(4, 3, 64, 64))
+    net.eval()
+    x = torch.rand(3, 3, 64, 64)
+    with torch.no_grad():
+        a, b, single = net(x), net(x), net(x[1:2])
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    torch.testing.assert_close(a[1:2], single, atol=1e-5, rtol=1e-5)
+
+
+def test_dropout_active_in_train_only():
+    net = AxialUNet(3, 2, img_size=64, dropout=0.5)
+    x = torch.rand(2, 3, 64, 64)
+    net.train()
+    torch.manual_seed(0)
+    a = net(x)
+    b = net(x)
+    assert (a - b).abs().max() > 1e-4
+    net.eval()
+    torch.testing.assert_close(net(x), net(x))
+
+
+def test_local_branch_tiles_are_independent():
+    """Each output tile of the local branch depends only on its own input tile (no patch interaction)."""
+    net = MedT(1, 2, img_size=64, patch_grid=2).eval()
+    captured = {}
+    net.local_decoder.register_forward_hook(lambda m, i, o: captured.__setitem__("out", o))
+    x = torch.rand(1, 1, 64, 64)
+    with torch.no_grad():
+        net(x)
+        base = captured["out"].clone()
+        x2 = x.clone()
+        x2[..., :32, :32] = torch.rand(32, 32)  # change the top-left tile only
+        net(x2)
+    changed = (captured["out"] - base).abs().flatten(1).amax(1)
+    assert changed[0] > 0 and torch.all(changed[1:] == 0)
+
+
+@pytest.mark.parametrize(
+    "cls, kwargs, name",
+    [
+        (MedT, dict(in_channels=0), "in_channels"),
+        (MedT, dict(out_channels=0), "out_channels"),
+        (AxialUNet, dict(img_size=48), "img_size"),
+        (AxialUNet, dict(img_size=(64, 80)), "img_size"),
+        (MedT, dict(img_size=64), "patch_grid"),
+        (MedT, dict(patch_grid=0), "patch_grid"),
+        (LoGo, dict(dropout=1.5), "dropout"),
+        (GatedAxialUNet, dict(channels=(32, 64, 128, 250)), "channels"),
+        (AxialUNet, dict(depths=(1, 2, 4)), "depths"),
+        (AxialUNet, dict(depths=(1, 0, 4, 1)), "depths"),
+        (MedT, dict(global_stages=5), "global_stages"),
+        (MedT, dict(num_heads=0), "num_heads"),
+        (MedT, dict(global_attention="local"), "local"),
+        (GatedAxialUNet, dict(gate_position="inside"), "inside"),
+    ],
+)
+def test_bad_arguments(cls, kwargs, name):
+    args = dict(in_channels=3, out_channels=2, img_size=128)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=name):
+        cls(**args)
+
+
+@pytest.mark.parametrize("cls", [MedT, AxialUNet])
+def test_wrong_input_shape(cls):
+    net = build(cls, 3, 2, 64)
+    with pytest.raises(ValueError, match=r"expects input of shape \(B, 3, 64, 64\).*\[1, 3, 64, 96\]"):
+        net(torch.rand(1, 3, 64, 96))
+    with pytest.raises(ValueError, match=r"\(B, 3, 64, 64\).*\[1, 1, 64, 64\]"):
+        net(torch.rand(1, 1, 64, 64))
+
+
+def test_paper_options_change_the_model():
+    torch.manual_seed(0)
+    official = MedT(3, 2, img_size=64, patch_grid=2)
+    paper = MedT(3, 2, img_size=64, patch_grid=2, fusion_conv=False, gate_position="after_norm")
+    assert "fusion.weight" in official.state_dict() and "fusion.weight" not in paper.state_dict()
+    assert all(p.requires_grad for p in MedT(3, 2, img_size=64, patch_grid=2, learnable_gates=True).parameters())
