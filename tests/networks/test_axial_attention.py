@@ -161,3 +161,101 @@ def test_bad_axis_and_gate_position():
         AxialAttention(8, 16, 8, num_heads=4, axis="depth")
     with pytest.raises(ValueError, match="middle"):
         AxialAttention(8, 16, 8, num_heads=4, gate_position="middle")
+
+
+def _assert_grad_close(ours: torch.Tensor, expected: torch.Tensor, name: str) -> None:
+    # float32 sums over thousands of terms: tolerance scaled to the gradient's magnitude (entries whose exact value is
+    # 0, e.g. BN shifts followed by another BN, come out as rounding noise of the large ones)
+    scale = expected.abs().max().item()
+    torch.testing.assert_close(ours, expected, atol=2e-5 * scale + 1e-7, rtol=1e-3, msg=f"gradient of {name}")
+
+
+def _loss_weights(shape, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=g)
+
+
+@pytest.mark.parametrize("axis", ["height", "width"])
+@pytest.mark.parametrize("gate_position", ["before_norm", "after_norm"])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_train_gradients_match_reference(axis, gate_position, stride):
+    """The hand-written backward and the analytic batch-norm statistics give autograd's gradients of the spec."""
+    torch.manual_seed(4)
+    layer = GatedAxialAttention(
+        8, 16, kernel_size=12 if axis == "height" else 10, num_heads=4, axis=axis, stride=stride,
+        gate_position=gate_position, learnable_gates=True, gate_init=(0.3, -0.7, 1.3, 0.5),
+    )
+    _randomise_norms(layer)
+    layer.train()
+    x = torch.randn(2, 8, 12, 10, requires_grad=True)
+    weights = _loss_weights((2, 16, 12 // stride, 10 // stride))
+
+    (layer(x) * weights).sum().backward()
+    ours = {name: p.grad.clone() for name, p in layer.named_parameters() if p.grad is not None}
+    ours["input"] = x.grad.clone()
+    layer.zero_grad()
+    x.grad = None
+    (reference_attention(layer, x, train=True) * weights).sum().backward()
+    reference = {name: p.grad for name, p in layer.named_parameters()}
+    reference["input"] = x.grad
+
+    # the logit-norm shift is constant along every softmax row: its exact gradient is zero and we do not compute it
+    assert "logit_norm.bias" not in ours
+    assert reference["logit_norm.bias"].abs().max() < 1e-5
+    for name, grad in reference.items():
+        if name == "logit_norm.bias":
+            continue
+        if name == "gates" and gate_position == "before_norm":
+            # before a train-mode BN a gate acts only through eps: its gradient is a difference of large terms
+            torch.testing.assert_close(ours[name], grad, atol=5e-4, rtol=1e-2, msg="gradient of gates")
+            continue
+        _assert_grad_close(ours[name], grad, name)
+
+
+@pytest.mark.parametrize("cls", ["axial", "nopos"])
+def test_running_statistics_match_batchnorm(cls):
+    """Analytic logit statistics update running_mean/var exactly as BatchNorm2d on the explicit logits would."""
+    torch.manual_seed(5)
+    if cls == "axial":
+        layer = AxialAttention(8, 16, kernel_size=9, num_heads=4, axis="width")
+    else:
+        layer = AxialAttentionNoPos(8, 16, num_heads=4, axis="width")
+    layer.train()
+    x = torch.randn(3, 8, 7, 9) + 0.5
+    with torch.no_grad():
+        qkv = layer.qkv_norm(layer.qkv(x))  # batch statistics, as the layer will see them
+    layer.qkv_norm.running_mean.zero_()
+    layer.qkv_norm.running_var.fill_(1.0)
+    layer.qkv_norm.num_batches_tracked.zero_()
+    seq = qkv.permute(0, 2, 1, 3).reshape(21, 4, 8, 9)  # (B * H, G, 2d, W)
+    q, k = seq[:, :, :2], seq[:, :, 2:4]
+    terms = [torch.einsum("ngci,ngcj->ngij", q, k)]
+    if cls == "axial":
+        rel = torch.arange(9)
+        emb = layer.relative.detach()[:, rel[:, None] - rel[None, :] + 8]
+        terms.append(torch.einsum("ngci,cij->ngij", q, emb[:2]))
+        terms.append(torch.einsum("ngci,cij->ngij", k, emb[2:4]).transpose(2, 3))
+    expected = torch.nn.BatchNorm2d(4 * len(terms)).train()
+    expected(torch.cat(terms, dim=1))
+    with torch.no_grad():
+        layer(x)
+    torch.testing.assert_close(layer.logit_norm.running_mean, expected.running_mean, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(layer.logit_norm.running_var, expected.running_var, atol=1e-6, rtol=1e-5)
+    assert int(layer.logit_norm.num_batches_tracked) == 1
+
+
+def test_chunked_kernel_equals_single_pass(monkeypatch):
+    """Results do not depend on how many sequences each chunk holds (forward and backward)."""
+    from monai_medt.networks.blocks import attention_core
+
+    x = torch.randn(2, 8, 16, 16)
+    results = []
+    for chunk_bytes in (2 * 2**20, 4 * 16 * 16 * 5):  # one chunk / chunks of 5 sequences
+        monkeypatch.setattr(attention_core, "CPU_CHUNK_BYTES", chunk_bytes)
+        torch.manual_seed(6)
+        layer = GatedAxialAttention(8, 16, kernel_size=16, num_heads=4, learnable_gates=True).train()
+        xi = x.clone().requires_grad_(True)
+        (layer(xi) * _loss_weights((2, 16, 16, 16))).sum().backward()
+        results.append([xi.grad] + [p.grad for p in layer.parameters() if p.grad is not None])
+    for a, b in zip(*results):
+        _assert_grad_close(a, b, "chunked vs single pass")

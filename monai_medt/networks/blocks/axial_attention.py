@@ -18,6 +18,9 @@ import torch.nn.functional as F
 from monai.networks.layers.factories import Conv, Norm, Pool
 from monai.utils import look_up_option
 
+from monai_medt.networks.blocks import attention_core
+from monai_medt.networks.blocks.attention_core import RelativeAttentionFunction, chunk_rows, relative_attention
+
 __all__ = ["AxialAttention", "GatedAxialAttention", "AxialAttentionNoPos", "AXES", "GATE_POSITIONS", "GATE_NAMES"]
 
 AXES = ("height", "width")
@@ -26,6 +29,14 @@ GATE_POSITIONS = ("before_norm", "after_norm")
 GATE_NAMES = ("query_position", "key_position", "value_content", "value_position")
 # official initial values (query-pos, key-pos, value content, value-pos)
 DEFAULT_GATE_INIT = (0.1, 0.1, 1.0, 0.1)
+
+
+def _content_moments(q: torch.Tensor, k: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """E[X] and E[X^2] per head of X[r, g, i, j] = q[r, g, i] . k[r, g, j], for q, k of shape (R, G, L, c)."""
+    mean = (q.sum(2) * k.sum(2)).sum((0, 2)) / count
+    gram_q = torch.matmul(q.transpose(2, 3), q)
+    gram_k = torch.matmul(k.transpose(2, 3), k)
+    return mean, (gram_q * gram_k).sum((0, 2, 3)) / count
 
 
 class _AxialAttentionBase(nn.Module):
@@ -57,6 +68,8 @@ class _AxialAttentionBase(nn.Module):
         self.head_dim = out_channels // num_heads
         self.qk_dim = self.head_dim // 2
         self.stride = stride
+        # logits per chunk of the CPU attention kernel (read at construction, so it can be tuned per layer)
+        self.chunk_bytes: int = attention_core.CPU_CHUNK_BYTES
         # the projection is a 1D conv over each sequence in the reference code; a 1x1 2D conv on the map is the same
         # per-pixel linear map, and batch statistics over (B, H, W) equal those over (B * W, L)
         self.qkv = Conv[Conv.CONV, 2](in_channels, 2 * out_channels, kernel_size=1, bias=False)
@@ -98,6 +111,74 @@ class _AxialAttentionBase(nn.Module):
                 + str(list(x.shape[2:]))
                 + "."
             )
+
+    def _attend(
+        self,
+        q1: torch.Tensor,
+        k: torch.Tensor,
+        q2: torch.Tensor,
+        rq: torch.Tensor,
+        k3: torch.Tensor,
+        wk: torch.Tensor,
+        v: torch.Tensor,
+        rv: torch.Tensor,
+        positional: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # logits and softmax in fp32 also under autocast: the inputs are small, the (N, L, L) maps never stored
+        q1, k, q2, k3, v = q1.float(), k.float(), q2.float(), k3.float(), v.float()
+        rq, wk, rv = rq.float(), wk.float(), rv.float()
+        rows = chunk_rows(q1.shape[0], q1.shape[1], q1.device, self.chunk_bytes)
+        if torch.jit.is_scripting():
+            return relative_attention(q1, k, q2, rq, k3, wk, v, rv, positional, rows)
+        return self._attend_eager(q1, k, q2, rq, k3, wk, v, rv, positional, rows)
+
+    @torch.jit.unused
+    def _attend_eager(
+        self,
+        q1: torch.Tensor,
+        k: torch.Tensor,
+        q2: torch.Tensor,
+        rq: torch.Tensor,
+        k3: torch.Tensor,
+        wk: torch.Tensor,
+        v: torch.Tensor,
+        rv: torch.Tensor,
+        positional: bool,
+        rows: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        tensors = (q1, k, q2, rq, k3, wk, v, rv)
+        needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+        if not needs_grad or torch.jit.is_tracing() or torch.compiler.is_compiling():
+            if torch.compiler.is_compiling():
+                rows = q1.shape[0]  # let the compiler fuse one pass instead of unrolling chunks
+            return relative_attention(q1, k, q2, rq, k3, wk, v, rv, positional, rows)
+        return RelativeAttentionFunction.apply(q1, k, q2, rq, k3, wk, v, rv, positional, rows)
+
+    def _fold_logit_norm(
+        self, means: list[torch.Tensor], squares: list[torch.Tensor], count: int, terms: int
+    ) -> torch.Tensor:
+        """
+        Per-(term, head) scale of the logit batch norm, (terms, heads). Its shift is constant along each softmax row
+        and cancels, so only the scale is needed. In training the batch moments come from the analytic ``means`` and
+        ``squares`` (E[X] and E[X^2] of each term, float64) and the running statistics are updated as BatchNorm does.
+        """
+        norm = self.logit_norm
+        weight = norm.weight
+        eps = norm.eps
+        if self.training or norm.running_var is None:
+            mean = torch.cat(means)
+            var = (torch.cat(squares) - mean * mean).clamp_min(0.0)
+            if self.training and norm.running_mean is not None and norm.running_var is not None:
+                norm.num_batches_tracked.add_(1)
+                momentum = norm.momentum
+                factor = 1.0 / float(norm.num_batches_tracked.item()) if momentum is None else momentum
+                unbiased = var.detach() * (count / max(count - 1, 1))
+                norm.running_mean.mul_(1.0 - factor).add_(mean.detach().to(norm.running_mean.dtype) * factor)
+                norm.running_var.mul_(1.0 - factor).add_(unbiased.to(norm.running_var.dtype) * factor)
+            scale = weight.double() / torch.sqrt(var + eps)
+        else:
+            scale = weight.double() / torch.sqrt(norm.running_var.double() + eps)
+        return scale.float().view(terms, self.num_heads)
 
 
 class AxialAttention(_AxialAttentionBase):
@@ -175,42 +256,58 @@ class AxialAttention(_AxialAttentionBase):
         self._check_length(x, self.kernel_size)
         b, _, h, w = x.shape
         q, k, v = self._project(x)
-        n, length, _ = q.shape
+        n, length, qk_dim = q.shape
+        heads = self.num_heads
+        rows = n // heads
         emb = self.relative[:, self.rel_index]  # (2d, L, L): emb[c, a, b] = table[c, a - b + L - 1]
-        r_q, r_k, r_v = torch.split(emb, [self.qk_dim, self.qk_dim, self.head_dim], dim=0)
+        rq, ek, rv = torch.split(emb, [self.qk_dim, self.qk_dim, self.head_dim], dim=0)
+        wk = ek.transpose(1, 2)  # key-position term of (i, j) uses table column j - i + L - 1
         gates = self.gates.to(q.dtype)
         if not self.gate_after_norm:
             # scaling the small operand equals scaling the (N, L, L) term it produces
-            r_q = r_q * gates[0]
-            r_k = r_k * gates[1]
+            rq = rq * gates[0]
+            wk = wk * gates[1]
             v = v * gates[2]
-            r_v = r_v * gates[3]
-        qk = torch.matmul(q, k.transpose(1, 2))
-        # qr[n, i, j] = sum_c q[n, i, c] r_q[c, i, j]: one matmul batched over i
-        qr = torch.matmul(q.transpose(0, 1), r_q.permute(1, 0, 2)).transpose(0, 1)
-        # kr[n, i, j] = sum_c k[n, j, c] r_k[c, j, i]
-        kr = torch.matmul(k.transpose(0, 1), r_k.permute(1, 0, 2)).permute(1, 2, 0)
-        rows = n // self.num_heads
-        logits = torch.stack(
-            [
-                qk.view(rows, self.num_heads, length, length),
-                qr.reshape(rows, self.num_heads, length, length),
-                kr.reshape(rows, self.num_heads, length, length),
-            ],
-            dim=1,
-        ).view(rows, 3 * self.num_heads, length, length)
-        logits = self.logit_norm(logits).view(rows, 3, self.num_heads, length, length)
+            rv = rv * gates[3]
+        means, squares = self._logit_moments(q, k, rq, wk, heads)
+        scales = self._fold_logit_norm(means, squares, rows * length * length, 3)
         if self.gate_after_norm:
-            logits = logits * torch.stack([torch.ones_like(gates[0]), gates[0], gates[1]]).view(1, 3, 1, 1, 1)
-        attn = torch.softmax(logits.sum(dim=1), dim=-1).view(n, length, length)
-        sv = torch.matmul(attn, v)
-        # sve[n, i, c] = sum_j attn[n, i, j] r_v[c, i, j]
-        sve = torch.matmul(attn.transpose(0, 1), r_v.permute(1, 2, 0)).transpose(0, 1)
-        out = self.out_norm(self._to_map(torch.stack([sv, sve], dim=-1), b, h, w, 2))
+            scales = scales * torch.stack([torch.ones_like(gates[0]), gates[0], gates[1]]).view(3, 1)
+        qh = q.view(rows, heads, length, qk_dim)
+        q1 = (qh * scales[0].view(1, heads, 1, 1)).view(n, length, qk_dim)
+        q2 = (qh * scales[1].view(1, heads, 1, 1)).view(n, length, qk_dim)
+        k3 = (k.reshape(rows, heads, length, qk_dim) * scales[2].view(1, heads, 1, 1)).view(n, length, qk_dim)
+        sv, sve = self._attend(q1, k, q2, rq, k3, wk, v, rv, True)
+        out = self.out_norm(self._to_map(torch.stack([sv, sve], dim=-1).to(x.dtype), b, h, w, 2))
         out = out.view(b, self.out_channels, 2, h, w)
         if self.gate_after_norm:
             out = out * gates[2:].view(1, 1, 2, 1, 1)
         return self.pool(out.sum(dim=2))
+
+    def _logit_moments(
+        self, q: torch.Tensor, k: torch.Tensor, rq: torch.Tensor, wk: torch.Tensor, heads: int
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """E[X] and E[X^2] per head of the content, query-position and key-position logits, from small tensors."""
+        if not self.training:
+            return [], []
+        n, length, qk_dim = q.shape
+        count = (n // heads) * length * length
+        qd = q.double().reshape(n // heads, heads, length, qk_dim)
+        kd = k.double().reshape(n // heads, heads, length, qk_dim)
+        rqd, wkd = rq.double(), wk.double()
+        # content: sum_ij q_i.k_j = (sum_i q).(sum_j k); sum_ij (q_i.k_j)^2 = <q^T q, k^T k> per sequence and head
+        mean_qk, sq_qk = _content_moments(qd, kd, count)
+        # query-position: X[i, j] = q_i . rq[:, i, j]; moments from sum_r q q^T (per head and i) and sum_j rq rq^T
+        mean_qr = (qd.sum(0) * rqd.sum(2).t()).sum((1, 2)) / count
+        pq = torch.matmul(qd.permute(1, 2, 3, 0), qd.permute(1, 2, 0, 3))  # (G, L, c, c')
+        rr = torch.matmul(rqd.permute(1, 0, 2), rqd.permute(1, 2, 0))  # (L_i, c, c')
+        sq_qr = (pq * rr).sum((1, 2, 3)) / count
+        # key-position: X[i, j] = k_j . wk[:, i, j]
+        mean_kr = (kd.sum(0) * wkd.sum(1).t()).sum((1, 2)) / count
+        pk = torch.matmul(kd.permute(1, 2, 3, 0), kd.permute(1, 2, 0, 3))  # (G, L_j, c, c')
+        rw = torch.matmul(wkd.permute(2, 0, 1), wkd.permute(2, 1, 0))  # (L_j, c, c')
+        sq_kr = (pk * rw).sum((1, 2, 3)) / count
+        return [mean_qk, mean_qr, mean_kr], [sq_qk, sq_qr, sq_kr]
 
 
 class GatedAxialAttention(AxialAttention):
@@ -292,8 +389,20 @@ class AxialAttentionNoPos(_AxialAttentionBase):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
         q, k, v = self._project(x)
-        n, length, _ = q.shape
-        logits = torch.matmul(q, k.transpose(1, 2)).view(n // self.num_heads, self.num_heads, length, length)
-        attn = torch.softmax(self.logit_norm(logits), dim=-1).view(n, length, length)
-        out = self.out_norm(self._to_map(torch.matmul(attn, v).unsqueeze(-1), b, h, w, 1))
+        n, length, qk_dim = q.shape
+        heads = self.num_heads
+        rows = n // heads
+        means: list[torch.Tensor] = []
+        squares: list[torch.Tensor] = []
+        if self.training:
+            qd = q.double().reshape(rows, heads, length, qk_dim)
+            kd = k.double().reshape(rows, heads, length, qk_dim)
+            mean, square = _content_moments(qd, kd, rows * length * length)
+            means.append(mean)
+            squares.append(square)
+        scale = self._fold_logit_norm(means, squares, rows * length * length, 1)
+        q1 = (q.view(rows, heads, length, qk_dim) * scale[0].view(1, heads, 1, 1)).view(n, length, qk_dim)
+        empty = q1.new_zeros((0, length, length))
+        sv, _ = self._attend(q1, k, q1, empty, q1, empty, v, empty, False)
+        out = self.out_norm(self._to_map(sv.to(x.dtype).unsqueeze(-1), b, h, w, 1))
         return self.pool(out)
