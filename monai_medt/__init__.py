@@ -16,3 +16,13 @@ from .networks import (
     MedT,
     load_official,
 )
+from .transforms import (
+    AdjacentSlicesToChannels,
+    AdjacentSlicesToChannelsd,
+    BinaryMask,
+    BinaryMaskd,
+    CheckImage,
+    CheckImaged,
+    CheckPaird,
+    get_transforms,
+)
