@@ -10,5 +10,6 @@ from .datalists import (
     medt_datalist,
     monuseg_datalist,
     rasterize_monuseg_xml,
+    read_names,
     split_train_val,
 )

@@ -24,6 +24,7 @@ __all__ = [
     "rasterize_monuseg_xml",
     "decathlon_datalist",
     "split_train_val",
+    "read_names",
 ]
 
 IMAGE_EXTENSIONS = (
@@ -304,3 +305,12 @@ def split_train_val(
     if not train or not val:
         raise ValueError("the split leaves the training or the validation set empty.")
     return train, val
+
+
+def read_names(path: str | os.PathLike) -> list[str] | None:
+    """Case names listed one per line (extensions dropped), or None when the file does not exist."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    return [n[: -len(_extension(n))] if _extension(n) in IMAGE_EXTENSIONS else n for n in names]

@@ -3,5 +3,5 @@
 
 from __future__ import annotations
 
-from .evaluate import evaluate_folder, load_mask, save_overlay
+from .evaluate import evaluate_folder, load_mask, raise_no_images, require_file, save_overlay, write_overlays
 from .metrics import monai_scores, object_scores, official_binarize, paper_scores

@@ -17,7 +17,7 @@ import numpy as np
 from monai_medt.data.datalists import IMAGE_EXTENSIONS, _extension, _natural_key
 from monai_medt.evaluation.metrics import monai_scores, object_scores, paper_scores
 
-__all__ = ["evaluate_folder", "load_mask", "save_overlay"]
+__all__ = ["evaluate_folder", "load_mask", "save_overlay", "write_overlays", "require_file", "raise_no_images"]
 
 _VOLUME_EXTENSIONS = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 
@@ -236,3 +236,37 @@ def evaluate_folder(
 
     _atomic_save(_write_json, output_dir / "summary.json")
     return summary
+
+
+def write_overlays(image_paths: Sequence[str], pred_dir: str | os.PathLike, output_dir: str | os.PathLike) -> int:
+    """
+    Write ``image | prediction`` overlays for 2D images whose predicted mask (same stem, any extension) is in
+    ``pred_dir``; returns the number written. Images without a prediction are skipped.
+    """
+    from PIL import Image
+
+    preds = {_stem(p.name): p for p in Path(pred_dir).iterdir() if p.is_file()}
+    written = 0
+    for path in image_paths:
+        name = _stem(Path(path).name)
+        if name not in preds:
+            continue
+        pred, _ = load_mask(preds[name], binary=False)
+        with Image.open(path) as im:
+            image = np.array(im)
+        save_overlay(Path(output_dir) / f"{name}.png", image, pred, pred)
+        written += 1
+    return written
+
+
+def require_file(path: str | os.PathLike, what: str) -> None:
+    """Raise ``FileNotFoundError`` naming ``what`` unless ``path`` is a file (checked before a workflow starts)."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+
+
+def raise_no_images(folder: str | os.PathLike) -> list:
+    """Raise a ``FileNotFoundError`` / ``ValueError`` for an input folder without images."""
+    if not Path(folder).is_dir():
+        raise FileNotFoundError(f"input folder not found: {folder}")
+    raise ValueError(f"no images (.png, .bmp, .tif, .jpg) in {folder}")

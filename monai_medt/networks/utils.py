@@ -19,7 +19,7 @@ import torch.nn as nn
 
 from monai_medt.networks.blocks.axial_attention import AxialAttention
 
-__all__ = ["check_network_args", "check_input", "set_gates_trainable", "gate_values"]
+__all__ = ["check_network_args", "check_input", "plain_input", "set_gates_trainable", "gate_values"]
 
 
 def check_network_args(
@@ -71,6 +71,24 @@ def check_input(x: torch.Tensor, in_channels: int, img_size: list[int], name: st
             + str(list(x.shape))
             + "; use a sliding-window inferer with roi_size=img_size for other sizes."
         )
+
+
+def plain_input(x: torch.Tensor) -> torch.Tensor:
+    """
+    Drop tensor subclasses (MONAI MetaTensor) from the network input: the networks fold image tiles into the batch,
+    which a batched MetaTensor's per-item metadata cannot follow. Engines and inverters keep the metadata of the data
+    dict, so predictions need none.
+    """
+    if torch.jit.is_scripting() or torch.jit.is_tracing():
+        return x
+    return _strip_subclass(x)
+
+
+@torch.jit.unused
+def _strip_subclass(x: torch.Tensor) -> torch.Tensor:
+    from monai.data import MetaTensor
+
+    return x.as_tensor() if isinstance(x, MetaTensor) else x
 
 
 def set_gates_trainable(network: nn.Module, trainable: bool = True) -> int:

@@ -73,6 +73,7 @@ def get_transforms(
     pixdim: tuple[float, float] | None = (1.5, 1.5),
     num_samples: int = 4,
     flip: bool = True,
+    resize: bool = True,
 ) -> Compose:
     """
     Build a preset pipeline.
@@ -89,6 +90,8 @@ def get_transforms(
         pixdim: in-plane spacing (mm) for volumes, or None to keep the native grid. Through-plane spacing is kept.
         num_samples: slices per volume per training iteration (volumes). Defaults to 4.
         flip: random horizontal flip (p = 0.5) in training, as the official code since 2021-07. Defaults to True.
+        resize: histology: resize images to ``img_size`` (the paper's scale; invert it with ``Invertd`` to get
+            full-resolution masks). False keeps the native scale for a sliding-window inferer. Defaults to True.
 
     Example::
 
@@ -105,8 +108,10 @@ def get_transforms(
         if mode != "infer":
             xforms += [CheckPaird(image_key, label_key), BinaryMaskd(label_key, mode=mask_mode)]
         xforms.append(ScaleIntensityRanged(image_key, a_min=0.0, a_max=255.0, b_min=0.0, b_max=1.0, clip=True))
-        if mode != "infer":
-            xforms.append(Resized(keys, spatial_size=size, mode=["bilinear", "nearest"], anti_aliasing=False))
+        if resize:
+            xforms.append(
+                Resized(keys, spatial_size=size, mode=["bilinear", "nearest"][: len(keys)], anti_aliasing=False)
+            )
         if mode == "train" and flip:
             # MONAI loads 2D images as (C, W, H): spatial axis 0 is the image's horizontal axis
             xforms.append(RandFlipd(keys, prob=0.5, spatial_axis=0))

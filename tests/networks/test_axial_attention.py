@@ -195,6 +195,7 @@ def test_train_gradients_match_reference(axis, gate_position, stride):
     ours["input"] = x.grad.clone()
     layer.zero_grad()
     x.grad = None
+    layer.logit_norm.bias.requires_grad_(True)  # frozen in the layer; the reference shows why
     (reference_attention(layer, x, train=True) * weights).sum().backward()
     reference = {name: p.grad for name, p in layer.named_parameters()}
     reference["input"] = x.grad

@@ -241,6 +241,9 @@ class AxialAttention(_AxialAttentionBase):
         self.gated = gated
         self.gate_after_norm = look_up_option(gate_position, GATE_POSITIONS) == "after_norm"
         self.logit_norm = Norm[Norm.BATCH, 2](3 * num_heads)
+        # the logit-norm shift adds one constant per head to every logit of a softmax row, so it cancels exactly:
+        # kept for weight compatibility, frozen so that optimisers and DDP see no parameter without a gradient
+        self.logit_norm.bias.requires_grad_(False)
         self.out_norm = Norm[Norm.BATCH, 2](2 * out_channels)
         self.relative = nn.Parameter(torch.randn(2 * self.head_dim, 2 * kernel_size - 1) * (1.0 / self.head_dim) ** 0.5)
         if gated:
@@ -384,6 +387,7 @@ class AxialAttentionNoPos(_AxialAttentionBase):
     ) -> None:
         super().__init__(in_channels, out_channels, num_heads, axis, stride)
         self.logit_norm = Norm[Norm.BATCH, 2](num_heads)
+        self.logit_norm.bias.requires_grad_(False)  # cancels in the softmax (see AxialAttention)
         self.out_norm = Norm[Norm.BATCH, 2](out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,7 @@ from monai.utils import ensure_tuple_rep
 from monai_medt.networks.blocks.axial_block import make_axial_stage
 from monai_medt.networks.blocks.decoder import AdditiveSkipDecoder
 from monai_medt.networks.blocks.stem import ConvStem
-from monai_medt.networks.utils import check_input, check_network_args
+from monai_medt.networks.utils import check_input, check_network_args, plain_input
 
 __all__ = ["AxialUNet", "GatedAxialUNet"]
 
@@ -124,6 +124,7 @@ class AxialUNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, self.in_channels, self.img_size, "AxialUNet")
+        x = plain_input(x)
         x = self.stem(x)
         features: list[torch.Tensor] = []
         for stage in self.stages:

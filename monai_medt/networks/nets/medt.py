@@ -22,7 +22,7 @@ from monai.utils import ensure_tuple_rep, look_up_option
 from monai_medt.networks.blocks.axial_block import ATTENTION_TYPES, make_axial_stage
 from monai_medt.networks.blocks.decoder import AdditiveSkipDecoder
 from monai_medt.networks.blocks.stem import ConvStem
-from monai_medt.networks.utils import check_input, check_network_args
+from monai_medt.networks.utils import check_input, check_network_args, plain_input
 
 __all__ = ["MedT", "LoGo"]
 
@@ -193,6 +193,7 @@ class MedT(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, self.in_channels, self.img_size, "MedT")
+        x = plain_input(x)
         b, c, h, w = x.shape
         gh, gw = self.grid[0], self.grid[1]
         th, tw = self.tile[0], self.tile[1]
