@@ -12,4 +12,5 @@ from .datalists import (
     rasterize_monuseg_xml,
     read_names,
     split_train_val,
+    volume_datalist,
 )

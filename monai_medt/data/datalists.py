@@ -25,6 +25,7 @@ __all__ = [
     "decathlon_datalist",
     "split_train_val",
     "read_names",
+    "volume_datalist",
 ]
 
 IMAGE_EXTENSIONS = (
@@ -314,3 +315,23 @@ def read_names(path: str | os.PathLike) -> list[str] | None:
         return None
     names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     return [n[: -len(_extension(n))] if _extension(n) in IMAGE_EXTENSIONS else n for n in names]
+
+
+VOLUME_EXTENSIONS = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+def volume_datalist(folder: str | os.PathLike, max_cases: int = 0) -> list[dict]:
+    """
+    Inference datalist of a folder of volumes: NIfTI / NRRD / MetaImage files, and sub-folders holding a DICOM series
+    (read by ITK). Raises ``FileNotFoundError`` / ``ValueError`` naming the folder when it is missing or empty.
+    """
+    folder = _require_dir(Path(folder), "input")
+    items = []
+    for p in sorted(folder.iterdir(), key=lambda q: _natural_key(q.name)):
+        if p.is_file() and _extension(p.name) in VOLUME_EXTENSIONS:
+            items.append({"image": str(p), "name": p.name[: -len(_extension(p.name))]})
+        elif p.is_dir() and any(f.is_file() for f in p.iterdir()):
+            items.append({"image": str(p), "name": p.name})  # a DICOM series
+    if not items:
+        raise ValueError(f"no volumes ({', '.join(VOLUME_EXTENSIONS)}) or DICOM series folders in {folder}.")
+    return items[:max_cases] if max_cases else items

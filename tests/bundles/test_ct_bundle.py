@@ -1,0 +1,129 @@
+# Copyright (c) monai-medt contributors
+# Licensed under the Apache License, Version 2.0 (the "License"); see the LICENSE file.
+"""The CT/MR bundle end to end on the sample volumes: slice training, evaluation, SliceInferer output geometry."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import REPO_ROOT, require_path, shared_dir
+
+BUNDLE = REPO_ROOT / "bundles" / "medt_ct_segmentation"
+TINY = ["--img_size", "64", "--pixdim", "[3.0, 3.0]", "--num_workers", "0", "--validate#inferer#sw_batch_size", "32"]
+
+
+def run_bundle(*args: str, root, check=True) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--meta_file", "configs/metadata.json", "--logging_file",
+           "configs/logging.conf", "--bundle_root", str(root), *args]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "2"}
+    proc = subprocess.run(cmd, cwd=BUNDLE, capture_output=True, text=True, env=env, timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def ct_dataset(tmp_path_factory):
+    ct = require_path(shared_dir() / "data" / "totalseg_ct")
+    root = tmp_path_factory.mktemp("msd_ct")
+    seg = nib.load(ct / "v2_small" / "example_seg_multilabel_v2.nii.gz")
+    liver = (np.asarray(seg.dataobj) == 5).astype(np.uint8)  # TotalSegmentator v2 id 5 = liver
+    nib.save(nib.Nifti1Image(liver, seg.affine), root / "liver.nii.gz")
+    image = str(ct / "v2_small" / "example_ct_sm.nii.gz")
+    entries = [{"image": image, "label": str(root / "liver.nii.gz")} for _ in range(3)]
+    (root / "dataset.json").write_text(json.dumps({"training": entries}))
+    return root, ct
+
+
+@pytest.fixture(scope="module")
+def trained(ct_dataset, tmp_path_factory):
+    data, _ = ct_dataset
+    root = tmp_path_factory.mktemp("ct_bundle")
+    proc = run_bundle(
+        "--config_file", "configs/train.json", "--dataset_dir", str(data), "--val_fraction", "0.34", "--epochs", "2",
+        "--val_interval", "2", "--num_samples", "2", "--batch_size", "1", *TINY, root=root,
+    )
+    return root, proc
+
+
+def test_slice_training(trained):
+    root, proc = trained
+    log = proc.stdout + proc.stderr
+    assert "Epoch[2] Complete" in log and "val_mean_dice" in log
+    state = torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True)
+    from monai_medt.networks.nets import MedT
+
+    MedT(1, 2, img_size=64, patch_grid=2).load_state_dict(state)
+
+
+def test_inference_keeps_input_geometry(trained, ct_dataset, tmp_path):
+    root, _ = trained
+    _, ct = ct_dataset
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    os.symlink(ct / "v2_small" / "example_ct_sm.nii.gz", inputs / "small_ct.nii.gz")
+    os.symlink(ct / "dicom_series" / "ct_dicom", inputs / "series1")
+    out = tmp_path / "out"
+    run_bundle(
+        "--config_file", "configs/inference.json", "--dataset_dir", str(inputs), "--ckpt_path",
+        str(root / "models" / "model.pt"), "--output_dir", str(out), "--inferer#sw_batch_size", "32", *TINY[:-2],
+        root=root,
+    )
+    src = nib.load(ct / "v2_small" / "example_ct_sm.nii.gz")
+    pred = nib.load(out / "small_ct_seg.nii.gz")
+    assert pred.shape == src.shape
+    np.testing.assert_allclose(pred.affine, src.affine, atol=1e-4)
+    assert set(np.unique(np.asarray(pred.dataobj)).tolist()) <= {0, 1}
+    from monai.transforms import LoadImage
+
+    series = LoadImage(image_only=True)(str(ct / "dicom_series" / "ct_dicom"))
+    pred = nib.load(out / "series1_seg.nii.gz")
+    assert pred.shape == tuple(series.shape)
+    np.testing.assert_allclose(pred.affine, np.asarray(series.affine), atol=1e-3)
+
+
+def test_evaluate(trained, ct_dataset):
+    root, _ = trained
+    data, _ = ct_dataset
+    run_bundle(
+        "--config_file", "['configs/train.json','configs/evaluate.json']", "--dataset_dir", str(data),
+        "--val_fraction", "0.34", *TINY, root=root,
+    )
+    raw = (root / "eval" / "val_mean_dice_raw.csv").read_text().splitlines()
+    assert len(raw) == 2 and "example_ct_sm" in raw[1]
+    pred = nib.load(next((root / "eval" / "pred").glob("*_seg.nii.gz")))
+    assert pred.shape == (122, 101, 30)
+
+
+def test_mr_preset_trains(tmp_path):
+    mr = require_path(shared_dir() / "data" / "pyradiomics_mr")
+    entries = [{"image": str(mr / f"brain{i}_image.nrrd"), "label": str(mr / f"brain{i}_label.nrrd")} for i in (1, 2)]
+    (tmp_path / "dataset.json").write_text(json.dumps({"training": entries}))
+    proc = run_bundle(
+        "--config_file", "configs/train.json", "--dataset_dir", str(tmp_path), "--modality", "mr", "--val_fraction",
+        "0.5", "--epochs", "1", "--val_interval", "1", "--num_samples", "2", "--batch_size", "1", *TINY,
+        root=tmp_path,
+    )
+    assert "Epoch[1] Complete" in proc.stdout + proc.stderr
+
+
+def test_bad_inputs_fail_before_training(tmp_path):
+    proc = run_bundle("--config_file", "configs/train.json", "--dataset_dir", str(tmp_path / "none"), *TINY,
+                      root=tmp_path, check=False)
+    assert proc.returncode != 0 and f"datalist not found: {tmp_path / 'none' / 'dataset.json'}" in proc.stderr
+    glas = require_path(shared_dir() / "data" / "glas" / "train")
+    entries = [{"image": str(glas / "img" / f"train_{i}.png"), "label": str(glas / "labelcol" / f"train_{i}.png")}
+               for i in (1, 2, 3)]
+    (tmp_path / "dataset.json").write_text(json.dumps({"training": entries}))
+    proc = run_bundle("--config_file", "configs/train.json", "--dataset_dir", str(tmp_path), "--val_fraction", "0.34",
+                      *TINY, root=tmp_path, check=False)
+    assert proc.returncode != 0 and "train_" in proc.stderr and "expected 3 spatial dims" in proc.stderr
+    assert "Epoch: 1/" not in proc.stdout
