@@ -40,13 +40,14 @@ NB1 = [
     ),
     new_markdown_cell(
         "Other sizes and channel counts: the attention tables are sized from `img_size`, and MedT's local branch cuts "
-        "the image into a `patch_grid` of tiles whose side must be a multiple of 32."
+        "the image into a `patch_grid` of tiles whose side must be a multiple of 32 (by default the largest grid up "
+        "to the paper's 4x4 that fits)."
     ),
     new_code_cell(
-        "net = MedT(in_channels=1, out_channels=4, img_size=(64, 96), patch_grid=(2, 3)).eval()\n"
-        "print(net(torch.rand(1, 1, 64, 96)).shape)\n"
+        "net = MedT(in_channels=1, out_channels=4, img_size=(64, 96)).eval()\n"
+        "print('grid', net.grid, 'output', tuple(net(torch.rand(1, 1, 64, 96)).shape))\n"
         "try:\n"
-        "    MedT(3, 2, img_size=64)  # 4x4 tiles of 16 px are too small\n"
+        "    MedT(3, 2, img_size=64, patch_grid=4)  # 4x4 tiles of 16 px are too small\n"
         "except ValueError as e:\n"
         "    print('ValueError:', e)"
     ),
@@ -65,7 +66,7 @@ NB1 = [
     ),
     new_markdown_cell("## TorchScript"),
     new_code_cell(
-        "net = MedT(3, 2, img_size=64, patch_grid=2).eval()\n"
+        "net = MedT(3, 2, img_size=64).eval()\n"
         "scripted = torch.jit.script(net)\n"
         "x = torch.rand(1, 3, 64, 64)\n"
         "with torch.no_grad():\n"

@@ -46,6 +46,11 @@ def test_shapes(name, size, in_channels, out_channels):
     assert torch.isfinite(out).all()
 
 
+@pytest.mark.parametrize("size, grid", [(128, [4, 4]), (256, [4, 4]), (64, [2, 2]), ((96, 160), [3, 1])])
+def test_patch_grid_derived_from_img_size(size, grid):
+    assert MedT(1, 2, img_size=size).grid == grid
+
+
 @pytest.mark.parametrize("cls", [MedT, LoGo])
 def test_local_global_256_grid(cls):
     net = cls(1, 2, img_size=256).eval()  # 4x4 tiles of 64 px
@@ -147,7 +152,8 @@ def test_local_branch_tiles_are_independent():
         (MedT, dict(out_channels=0), "out_channels"),
         (AxialUNet, dict(img_size=48), "img_size"),
         (AxialUNet, dict(img_size=(64, 80)), "img_size"),
-        (MedT, dict(img_size=64), "patch_grid"),
+        (MedT, dict(img_size=64, patch_grid=4), "patch_grid"),
+        (MedT, dict(img_size=(128, 80)), "img_size"),
         (MedT, dict(patch_grid=0), "patch_grid"),
         (LoGo, dict(dropout=1.5), "dropout"),
         (GatedAxialUNet, dict(channels=(32, 64, 128, 250)), "channels"),

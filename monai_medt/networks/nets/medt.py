@@ -24,7 +24,10 @@ from monai_medt.networks.blocks.decoder import AdditiveSkipDecoder
 from monai_medt.networks.blocks.stem import ConvStem
 from monai_medt.networks.utils import check_input, check_network_args, plain_input
 
-__all__ = ["MedT", "LoGo"]
+__all__ = ["MedT", "LoGo", "MAX_DERIVED_GRID"]
+
+# the paper cuts the image into 4 x 4 tiles
+MAX_DERIVED_GRID = 4
 
 
 class MedT(nn.Module):
@@ -53,7 +56,9 @@ class MedT(nn.Module):
         in_channels: number of input channels.
         out_channels: number of output channels (classes); the network returns logits.
         img_size: input size, an int or (H, W). Defaults to 128.
-        patch_grid: tiles per side of the local branch, an int or (rows, cols). Defaults to 4 (16 tiles).
+        patch_grid: tiles per side of the local branch, an int or (rows, cols). Defaults to None: per side, the largest
+            grid up to 4 (the paper's 4x4) whose tiles are multiples of ``2 ** (len(depths) + 1)`` px (4 at 128 and
+            256, 2 at 64).
         channels: output channels of each local stage; the global branch uses the first ``global_stages``.
             Defaults to (32, 64, 128, 256).
         depths: blocks per local stage; the global branch uses the first ``global_stages``. Defaults to (1, 2, 4, 1).
@@ -84,7 +89,7 @@ class MedT(nn.Module):
         torch.Size([1, 2, 128, 128])
 
         # grayscale CT slices, 3 classes, 64x64 inputs (2x2 tiles of 32 px), paper-style gates
-        >>> net = MedT(1, 3, img_size=64, patch_grid=2, gate_position="after_norm", learnable_gates=True)
+        >>> net = MedT(1, 3, img_size=64, gate_position="after_norm", learnable_gates=True)
     """
 
     def __init__(
@@ -92,7 +97,7 @@ class MedT(nn.Module):
         in_channels: int,
         out_channels: int,
         img_size: Sequence[int] | int = 128,
-        patch_grid: Sequence[int] | int = 4,
+        patch_grid: Sequence[int] | int | None = None,
         channels: Sequence[int] = (32, 64, 128, 256),
         depths: Sequence[int] = (1, 2, 4, 1),
         global_stages: int = 2,
@@ -110,8 +115,16 @@ class MedT(nn.Module):
     ) -> None:
         super().__init__()
         size = ensure_tuple_rep(img_size, 2)
-        grid = ensure_tuple_rep(patch_grid, 2)
         check_network_args(in_channels, out_channels, size, channels, depths, num_heads, dropout)
+        local_stride = 2 ** (len(depths) + 1)
+        if patch_grid is None:
+            # the paper's 4x4 grid where the sizes allow it, else the largest grid (<= 4) whose tiles fit the stride
+            grid = tuple(
+                max([g for g in range(1, MAX_DERIVED_GRID + 1) if int(s) % (g * local_stride) == 0] or [1])
+                for s in size
+            )
+        else:
+            grid = ensure_tuple_rep(patch_grid, 2)
         look_up_option(global_attention, ATTENTION_TYPES)
         look_up_option(local_attention, ATTENTION_TYPES)
         if not 1 <= global_stages <= len(depths):
@@ -123,7 +136,6 @@ class MedT(nn.Module):
             raise ValueError(
                 f"img_size {tuple(size)} must be divisible by the global branch's stride {global_stride}."
             )
-        local_stride = 2 ** (len(depths) + 1)
         if size[0] % (grid[0] * local_stride) != 0 or size[1] % (grid[1] * local_stride) != 0:
             raise ValueError(
                 f"img_size {tuple(size)} with patch_grid {tuple(grid)} gives tiles of "
@@ -229,7 +241,7 @@ class LoGo(MedT):
         in_channels: number of input channels.
         out_channels: number of output channels (classes).
         img_size: input size, an int or (H, W). Defaults to 128.
-        patch_grid: tiles per side of the local branch. Defaults to 4.
+        patch_grid: tiles per side of the local branch. Defaults to None (derived from ``img_size`` as in MedT).
         channels: output channels of each local stage. Defaults to (32, 64, 128, 256).
         depths: blocks per local stage. Defaults to (1, 2, 4, 1).
         global_stages: encoder stages of the global branch. Defaults to 2.
@@ -253,7 +265,7 @@ class LoGo(MedT):
         in_channels: int,
         out_channels: int,
         img_size: Sequence[int] | int = 128,
-        patch_grid: Sequence[int] | int = 4,
+        patch_grid: Sequence[int] | int | None = None,
         channels: Sequence[int] = (32, 64, 128, 256),
         depths: Sequence[int] = (1, 2, 4, 1),
         global_stages: int = 2,
