@@ -56,7 +56,12 @@ def run_one(args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     device = torch.device(args.device)
     net = build(args.models[0], args.size).to(device)
+    if args.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    model = torch.compile(net) if args.compile else net
     x = torch.rand(args.batch, 3, args.size, args.size, device=device)
+    if args.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 2, (args.batch, args.size, args.size), device=device)
     amp = args.amp != "none"
     dtype = torch.bfloat16 if args.amp == "bf16" else torch.float16
@@ -67,7 +72,7 @@ def run_one(args: argparse.Namespace) -> dict:
         def step() -> None:
             opt.zero_grad(set_to_none=True)
             with torch.autocast(device.type, dtype=dtype, enabled=amp):
-                loss = torch.nn.functional.cross_entropy(net(x).float(), y)
+                loss = torch.nn.functional.cross_entropy(model(x).float(), y)
             loss.backward()
             opt.step()
 
@@ -76,7 +81,7 @@ def run_one(args: argparse.Namespace) -> dict:
 
         def step() -> None:
             with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=amp):
-                net(x)
+                model(x)
 
     def sync() -> None:
         if device.type == "cuda":
@@ -121,6 +126,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
+    parser.add_argument("--compile", action="store_true", help="torch.compile the network")
+    parser.add_argument("--channels-last", action="store_true", help="channels_last memory format")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     parser.add_argument("--mode", default=None, help=argparse.SUPPRESS)  # set for the per-pair subprocess
     args = parser.parse_args()
@@ -135,7 +142,8 @@ def main() -> None:
     print(f"# cpu: {cpu_name()}, {os.cpu_count()} logical cores, threads used: {args.threads}")
     if args.device.startswith("cuda") and torch.cuda.is_available():
         print(f"# gpu: {torch.cuda.get_device_name(0)}, amp: {args.amp}")
-    print(f"# input {args.batch}x3x{args.size}x{args.size}, median of {args.repeats} after {args.warmup} warm-up")
+    print(f"# input {args.batch}x3x{args.size}x{args.size}, median of {args.repeats} after {args.warmup} warm-up"
+          f"{', torch.compile' if args.compile else ''}{', channels_last' if args.channels_last else ''}")
     print(f"{'model':<16}{'mode':<7}{'img/s':>9}{'s/iter':>9}{'peak RSS MiB':>14}{'params':>11}")
     results = []
     for model in args.models:
@@ -143,6 +151,7 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--mode", mode, "--models", model]
             for key in ("size", "batch", "threads", "warmup", "repeats", "device", "amp"):
                 cmd += [f"--{key}", str(getattr(args, key))]
+            cmd += ["--compile"] * args.compile + ["--channels-last"] * args.channels_last
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
                 print(f"{model:<16}{mode:<7} FAILED: {proc.stderr.strip().splitlines()[-1:]}")

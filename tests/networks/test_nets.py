@@ -188,3 +188,31 @@ def test_paper_options_change_the_model():
     assert "fusion.weight" in official.state_dict() and "fusion.weight" not in paper.state_dict()
     learnable = MedT(3, 2, img_size=64, patch_grid=2, learnable_gates=True)
     assert all(p.requires_grad for n, p in learnable.named_parameters() if not n.endswith("logit_norm.bias"))
+
+
+@pytest.mark.parametrize("cls", [MedT, GatedAxialUNet])
+def test_activation_checkpointing_gives_the_same_gradients(cls):
+    x = torch.rand(2, 3, 64, 64)
+    target = torch.randint(0, 2, (2, 64, 64))
+    grads = []
+    for use_checkpoint in (False, True):
+        torch.manual_seed(0)
+        net = cls(3, 2, img_size=64, learnable_gates=True, use_checkpoint=use_checkpoint).train()
+        F.cross_entropy(net(x), target).backward()
+        grads.append({n: p.grad for n, p in net.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("cls", [MedT, AxialUNet])
+def test_bf16_autocast_close_to_fp32(cls):
+    """Mixed precision keeps the logits and softmax in fp32 inside the attention: bf16 outputs stay close."""
+    net = cls(3, 2, img_size=64).eval()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = net(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = net(x)
+    assert torch.isfinite(low).all()
+    assert (low.float() - ref).abs().max() < 0.05 * ref.abs().max() + 0.05

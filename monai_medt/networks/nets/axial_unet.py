@@ -21,7 +21,7 @@ from monai.utils import ensure_tuple_rep
 from monai_medt.networks.blocks.axial_block import make_axial_stage
 from monai_medt.networks.blocks.decoder import AdditiveSkipDecoder
 from monai_medt.networks.blocks.stem import ConvStem
-from monai_medt.networks.utils import check_input, check_network_args, plain_input
+from monai_medt.networks.utils import check_input, check_network_args, plain_input, run_stage
 
 __all__ = ["AxialUNet", "GatedAxialUNet"]
 
@@ -56,6 +56,8 @@ class AxialUNet(nn.Module):
         learnable_gates: whether gates receive gradients from the first step. The official recipe freezes them for 10
             epochs (:func:`monai_medt.networks.set_gates_trainable`). Defaults to False.
         dropout: dropout rate before the output conv (0 disables it). Defaults to 0.0.
+        use_checkpoint: recompute each encoder stage's activations in the backward pass instead of storing them
+            (activation checkpointing; for large inputs). Defaults to False.
 
     Raises:
         ValueError: when an argument is out of range or the sizes do not divide.
@@ -84,6 +86,7 @@ class AxialUNet(nn.Module):
         gate_position: str = "before_norm",
         learnable_gates: bool = False,
         dropout: float = 0.0,
+        use_checkpoint: bool = False,
     ) -> None:
         super().__init__()
         size = ensure_tuple_rep(img_size, 2)
@@ -95,6 +98,7 @@ class AxialUNet(nn.Module):
                 f"(stem 2 x {len(depths) - 1} strided stages x strided bottom conv)."
             )
         self.in_channels = in_channels
+        self.use_checkpoint = use_checkpoint
         self.img_size = [int(s) for s in size]
         self.stem = ConvStem(in_channels, stem_channels, stem_hidden_channels)
         stages = []
@@ -128,7 +132,7 @@ class AxialUNet(nn.Module):
         x = self.stem(x)
         features: list[torch.Tensor] = []
         for stage in self.stages:
-            x = stage(x)
+            x = run_stage(stage, x, self.use_checkpoint)
             features.insert(0, x)
         x = self.decoder(x, features)
         return self.head(self.dropout(x))
@@ -152,6 +156,7 @@ class GatedAxialUNet(AxialUNet):
         gate_position: ``"before_norm"`` (official code) or ``"after_norm"`` (paper). Defaults to ``"before_norm"``.
         learnable_gates: whether gates receive gradients from the first step. Defaults to False.
         dropout: dropout rate before the output conv. Defaults to 0.0.
+        use_checkpoint: activation checkpointing of the encoder stages in training. Defaults to False.
 
     Examples::
 
@@ -174,6 +179,7 @@ class GatedAxialUNet(AxialUNet):
         gate_position: str = "before_norm",
         learnable_gates: bool = False,
         dropout: float = 0.0,
+        use_checkpoint: bool = False,
     ) -> None:
         super().__init__(
             in_channels,
@@ -189,4 +195,5 @@ class GatedAxialUNet(AxialUNet):
             gate_position=gate_position,
             learnable_gates=learnable_gates,
             dropout=dropout,
+            use_checkpoint=use_checkpoint,
         )

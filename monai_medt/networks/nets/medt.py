@@ -22,7 +22,7 @@ from monai.utils import ensure_tuple_rep, look_up_option
 from monai_medt.networks.blocks.axial_block import ATTENTION_TYPES, make_axial_stage
 from monai_medt.networks.blocks.decoder import AdditiveSkipDecoder
 from monai_medt.networks.blocks.stem import ConvStem
-from monai_medt.networks.utils import check_input, check_network_args, plain_input
+from monai_medt.networks.utils import check_input, check_network_args, plain_input, run_stage
 
 __all__ = ["MedT", "LoGo", "MAX_DERIVED_GRID"]
 
@@ -77,6 +77,8 @@ class MedT(nn.Module):
         fusion_conv: apply the official 3x3 conv + ReLU after adding the branches; False gives the paper's
             "add, then 1x1 conv". Defaults to True.
         dropout: dropout rate before the output conv (0 disables it). Defaults to 0.0.
+        use_checkpoint: recompute each encoder stage's activations in the backward pass instead of storing them
+            (activation checkpointing; for large inputs). Defaults to False.
 
     Raises:
         ValueError: when an argument is out of range or the sizes do not divide.
@@ -112,6 +114,7 @@ class MedT(nn.Module):
         learnable_gates: bool = False,
         fusion_conv: bool = True,
         dropout: float = 0.0,
+        use_checkpoint: bool = False,
     ) -> None:
         super().__init__()
         size = ensure_tuple_rep(img_size, 2)
@@ -144,6 +147,7 @@ class MedT(nn.Module):
                 f"{local_stride}."
             )
         self.in_channels = in_channels
+        self.use_checkpoint = use_checkpoint
         self.img_size = [int(s) for s in size]
         self.grid = [int(g) for g in grid]
         self.tile = [self.img_size[0] // self.grid[0], self.img_size[1] // self.grid[1]]
@@ -213,7 +217,7 @@ class MedT(nn.Module):
         y = self.global_stem(x)
         features: list[torch.Tensor] = []
         for stage in self.global_stages:
-            y = stage(y)
+            y = run_stage(stage, y, self.use_checkpoint)
             features.insert(0, y)
         y_global = self.global_decoder(y, features[1:])
 
@@ -222,7 +226,7 @@ class MedT(nn.Module):
         y = self.local_stem(tiles)
         features = []
         for stage in self.local_stages:
-            y = stage(y)
+            y = run_stage(stage, y, self.use_checkpoint)
             features.insert(0, y)
         y = self.local_decoder(y, features)
         oc = y.shape[1]
@@ -252,6 +256,7 @@ class LoGo(MedT):
         head_channels: channels of the branch outputs and fusion conv. Defaults to 16.
         fusion_conv: apply the 3x3 conv + ReLU after adding the branches. Defaults to True.
         dropout: dropout rate before the output conv. Defaults to 0.0.
+        use_checkpoint: activation checkpointing of the encoder stages in training. Defaults to False.
 
     Examples::
 
@@ -276,6 +281,7 @@ class LoGo(MedT):
         head_channels: int = 16,
         fusion_conv: bool = True,
         dropout: float = 0.0,
+        use_checkpoint: bool = False,
     ) -> None:
         super().__init__(
             in_channels,
@@ -294,4 +300,5 @@ class LoGo(MedT):
             local_attention="axial",
             fusion_conv=fusion_conv,
             dropout=dropout,
+            use_checkpoint=use_checkpoint,
         )
