@@ -90,7 +90,9 @@ def test_histology_preset_on_glas():
     assert set(torch.unique(val["label"]).tolist()) == {0.0, 1.0}
     assert abs(float(val["label"].mean()) - raw.mean()) < 0.02  # resizing keeps the foreground fraction
     infer = get_transforms("histology", "infer")({"image": item["image"]})
-    assert infer["image"].shape == (3, 775, 522)  # MONAI's (C, W, H) for 2D files, full resolution
+    assert infer["image"].shape == (3, 128, 128)  # the paper's scale by default
+    native = get_transforms("histology", "infer", resize=False)({"image": item["image"]})
+    assert native["image"].shape == (3, 775, 522)  # MONAI's (C, W, H) for 2D files, full resolution
     _raises(r"train_1.png: expected 1 channel\(s\), got 3", get_transforms("histology", "val", in_channels=1), item)
 
 
