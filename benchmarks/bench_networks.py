@@ -3,7 +3,9 @@
 """
 Throughput and peak memory of the MedT networks (and MONAI baselines) on the CPU or a GPU.
 
-Every (model, mode) pair runs in its own subprocess so that the peak RSS belongs to that pair alone. A train step is
+Every (model, mode) pair runs in its own subprocess so that the peak RSS belongs to that pair alone; "above base" is
+the peak minus the RSS after importing torch and MONAI (about 420 MiB, of which MONAI's own imports are ~200 MiB)
+and building the model. A train step is
 forward + cross-entropy + backward + Adam step in train mode; eval is a no-grad forward in eval mode. Figures are the
 median over ``--repeats`` timed iterations after ``--warmup`` untimed ones.
 
@@ -49,6 +51,14 @@ def cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
+def current_rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def run_one(args: argparse.Namespace) -> dict:
     import torch
 
@@ -63,6 +73,7 @@ def run_one(args: argparse.Namespace) -> dict:
     if args.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 2, (args.batch, args.size, args.size), device=device)
+    base_rss = current_rss_mib()  # after importing torch/MONAI and building the model and the input
     amp = args.amp != "none"
     dtype = torch.bfloat16 if args.amp == "bf16" else torch.float16
     if args.mode == "train":
@@ -108,6 +119,7 @@ def run_one(args: argparse.Namespace) -> dict:
         "median_s": med,
         "times_s": times,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "base_rss_mib": base_rss,
         "params": sum(p.numel() for p in net.parameters()),
     }
     if device.type == "cuda":
@@ -144,7 +156,7 @@ def main() -> None:
         print(f"# gpu: {torch.cuda.get_device_name(0)}, amp: {args.amp}")
     print(f"# input {args.batch}x3x{args.size}x{args.size}, median of {args.repeats} after {args.warmup} warm-up"
           f"{', torch.compile' if args.compile else ''}{', channels_last' if args.channels_last else ''}")
-    print(f"{'model':<16}{'mode':<7}{'img/s':>9}{'s/iter':>9}{'peak RSS MiB':>14}{'params':>11}")
+    print(f"{'model':<16}{'mode':<7}{'img/s':>9}{'s/iter':>9}{'peak RSS MiB':>14}{'above base':>12}{'params':>11}")
     results = []
     for model in args.models:
         for mode in args.modes:
@@ -161,7 +173,7 @@ def main() -> None:
             extra = f"  cuda peak {r['peak_cuda_mib']:.0f} MiB" if "peak_cuda_mib" in r else ""
             print(
                 f"{model:<16}{mode:<7}{r['img_per_s']:>9.2f}{r['median_s']:>9.3f}"
-                f"{r['peak_rss_mib']:>14.0f}{r['params']:>11,}{extra}",
+                f"{r['peak_rss_mib']:>14.0f}{r['peak_rss_mib'] - r['base_rss_mib']:>12.0f}{r['params']:>11,}{extra}",
                 flush=True,
             )
     if args.json:
