@@ -74,6 +74,11 @@ def run_one(args: argparse.Namespace) -> dict:
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 2, (args.batch, args.size, args.size), device=device)
     base_rss = current_rss_mib()  # after importing torch/MONAI and building the model and the input
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        net.eval()(x[:1])
+    fwd_gflop = counter.get_total_flops() / 1e9  # matmuls and convolutions of one forward, per image
     amp = args.amp != "none"
     dtype = torch.bfloat16 if args.amp == "bf16" else torch.float16
     if args.mode == "train":
@@ -121,6 +126,9 @@ def run_one(args: argparse.Namespace) -> dict:
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "base_rss_mib": base_rss,
         "params": sum(p.numel() for p in net.parameters()),
+        "fwd_gflop_per_img": fwd_gflop,
+        # a training step costs about three forwards (forward, input gradients, weight gradients)
+        "gflop_per_s": fwd_gflop * (3 if args.mode == "train" else 1) * args.batch / med,
     }
     if device.type == "cuda":
         result["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
@@ -138,6 +146,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
+    parser.add_argument(
+        "--peak-gflops", type=float, default=157.0,
+        help="fp32 peak of the machine for the share column (default: 2 Zen 3 cores with AVX2 FMA, ~157)",
+    )
     parser.add_argument("--compile", action="store_true", help="torch.compile the network")
     parser.add_argument("--channels-last", action="store_true", help="channels_last memory format")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
@@ -156,13 +168,16 @@ def main() -> None:
         print(f"# gpu: {torch.cuda.get_device_name(0)}, amp: {args.amp}")
     print(f"# input {args.batch}x3x{args.size}x{args.size}, median of {args.repeats} after {args.warmup} warm-up"
           f"{', torch.compile' if args.compile else ''}{', channels_last' if args.channels_last else ''}")
-    print(f"{'model':<16}{'mode':<7}{'img/s':>9}{'s/iter':>9}{'peak RSS MiB':>14}{'above base':>12}{'params':>11}")
+    print(
+        f"{'model':<16}{'mode':<7}{'img/s':>9}{'s/iter':>9}{'peak RSS MiB':>14}{'above base':>12}{'params':>11}"
+        f"{'GFLOP/img':>11}{'GFLOP/s':>9}{'% peak':>8}"
+    )
     results = []
     for model in args.models:
         for mode in args.modes:
             cmd = [sys.executable, __file__, "--mode", mode, "--models", model]
-            for key in ("size", "batch", "threads", "warmup", "repeats", "device", "amp"):
-                cmd += [f"--{key}", str(getattr(args, key))]
+            for key in ("size", "batch", "threads", "warmup", "repeats", "device", "amp", "peak_gflops"):
+                cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
             cmd += ["--compile"] * args.compile + ["--channels-last"] * args.channels_last
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
@@ -173,7 +188,9 @@ def main() -> None:
             extra = f"  cuda peak {r['peak_cuda_mib']:.0f} MiB" if "peak_cuda_mib" in r else ""
             print(
                 f"{model:<16}{mode:<7}{r['img_per_s']:>9.2f}{r['median_s']:>9.3f}"
-                f"{r['peak_rss_mib']:>14.0f}{r['peak_rss_mib'] - r['base_rss_mib']:>12.0f}{r['params']:>11,}{extra}",
+                f"{r['peak_rss_mib']:>14.0f}{r['peak_rss_mib'] - r['base_rss_mib']:>12.0f}{r['params']:>11,}"
+                f"{r['fwd_gflop_per_img']:>11.2f}{r['gflop_per_s']:>9.1f}{100 * r['gflop_per_s'] / args.peak_gflops:>8.1f}"
+                f"{extra}",
                 flush=True,
             )
     if args.json:
