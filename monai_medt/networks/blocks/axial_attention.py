@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from monai.networks.layers.factories import Conv, Norm, Pool
 from monai.utils import look_up_option
 
