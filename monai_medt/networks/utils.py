@@ -19,7 +19,7 @@ import torch.nn as nn
 
 from monai_medt.networks.blocks.axial_attention import AxialAttention
 
-__all__ = ["check_network_args", "check_input", "plain_input", "run_stage", "set_gates_trainable", "gate_values"]
+__all__ = ["check_network_args", "check_input", "plain_input", "set_gates_trainable", "gate_values"]
 
 
 def check_network_args(
@@ -89,24 +89,6 @@ def _strip_subclass(x: torch.Tensor) -> torch.Tensor:
     from monai.data import MetaTensor
 
     return x.as_tensor() if isinstance(x, MetaTensor) else x
-
-
-def run_stage(stage: nn.Module, x: torch.Tensor, use_checkpoint: bool) -> torch.Tensor:
-    """
-    Run one encoder stage, with activation checkpointing when asked and training: the stage's activations are
-    recomputed in the backward pass instead of stored (for large inputs). Note that batch-norm running statistics are
-    then updated twice per step, as with any checkpointed BN layer.
-    """
-    if use_checkpoint and stage.training and torch.is_grad_enabled() and not torch.jit.is_scripting():
-        return _checkpointed(stage, x)
-    return stage(x)
-
-
-@torch.jit.unused
-def _checkpointed(stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    from torch.utils.checkpoint import checkpoint
-
-    return checkpoint(stage, x, use_reentrant=False)
 
 
 def set_gates_trainable(network: nn.Module, trainable: bool = True) -> int:

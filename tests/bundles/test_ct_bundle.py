@@ -17,7 +17,8 @@ import torch
 from tests.conftest import REPO_ROOT, require_path, shared_dir
 
 BUNDLE = REPO_ROOT / "bundles" / "medt_ct_segmentation"
-TINY = ["--img_size", "64", "--pixdim", "[3.0, 3.0]", "--num_workers", "0", "--validate#inferer#sw_batch_size", "32"]
+TINY = ["--img_size", "64", "--pixdim", "[3.0, 3.0]", "--out_channels", "3", "--num_workers", "0",
+        "--validate#inferer#sw_batch_size", "32"]
 
 
 def run_bundle(*args: str, root, check=True) -> subprocess.CompletedProcess:
@@ -35,10 +36,12 @@ def ct_dataset(tmp_path_factory):
     ct = require_path(shared_dir() / "data" / "totalseg_ct")
     root = tmp_path_factory.mktemp("msd_ct")
     seg = nib.load(ct / "v2_small" / "example_seg_multilabel_v2.nii.gz")
-    liver = (np.asarray(seg.dataobj) == 5).astype(np.uint8)  # TotalSegmentator v2 id 5 = liver
-    nib.save(nib.Nifti1Image(liver, seg.affine), root / "liver.nii.gz")
+    ids = np.asarray(seg.dataobj)
+    # three classes: background, liver (TotalSegmentator v2 id 5), spleen (id 1)
+    labels = np.where(ids == 5, 1, np.where(ids == 1, 2, 0)).astype(np.uint8)
+    nib.save(nib.Nifti1Image(labels, seg.affine), root / "organs.nii.gz")
     image = str(ct / "v2_small" / "example_ct_sm.nii.gz")
-    entries = [{"image": image, "label": str(root / "liver.nii.gz")} for _ in range(3)]
+    entries = [{"image": image, "label": str(root / "organs.nii.gz")} for _ in range(3)]
     (root / "dataset.json").write_text(json.dumps({"training": entries}))
     return root, ct
 
@@ -61,7 +64,7 @@ def test_slice_training(trained):
     state = torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True)
     from monai_medt.networks.nets import MedT
 
-    MedT(1, 2, img_size=64, patch_grid=2).load_state_dict(state)
+    MedT(1, 3, img_size=64).load_state_dict(state)
 
 
 def test_inference_keeps_input_geometry(trained, ct_dataset, tmp_path):
@@ -81,7 +84,7 @@ def test_inference_keeps_input_geometry(trained, ct_dataset, tmp_path):
     pred = nib.load(out / "small_ct_seg.nii.gz")
     assert pred.shape == src.shape
     np.testing.assert_allclose(pred.affine, src.affine, atol=1e-4)
-    assert set(np.unique(np.asarray(pred.dataobj)).tolist()) <= {0, 1}
+    assert set(np.unique(np.asarray(pred.dataobj)).tolist()) <= {0, 1, 2}
     from monai.transforms import LoadImage
 
     series = LoadImage(image_only=True)(str(ct / "dicom_series" / "ct_dicom"))
@@ -110,7 +113,7 @@ def test_mr_preset_trains(tmp_path):
     proc = run_bundle(
         "--config_file", "configs/train.json", "--dataset_dir", str(tmp_path), "--modality", "mr", "--val_fraction",
         "0.5", "--epochs", "1", "--val_interval", "1", "--num_samples", "2", "--batch_size", "1", *TINY,
-        root=tmp_path,
+        "--out_channels", "2", root=tmp_path,
     )
     assert "Epoch[1] Complete" in proc.stdout + proc.stderr
 
@@ -127,3 +130,31 @@ def test_bad_inputs_fail_before_training(tmp_path):
                       *TINY, root=tmp_path, check=False)
     assert proc.returncode != 0 and "train_" in proc.stderr and "expected 3 spatial dims" in proc.stderr
     assert "Epoch: 1/" not in proc.stdout
+
+
+def test_verify_export_and_properties(trained, ct_dataset, tmp_path):
+    root, _ = trained
+    data, _ = ct_dataset
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    common = ["--meta_file", "configs/metadata.json", "--config_file", "configs/inference.json"]
+    verify = subprocess.run([sys.executable, "-m", "monai.bundle", "verify_net_in_out", "network_def", *common],
+                            cwd=BUNDLE, capture_output=True, text=True, env=env, timeout=600)
+    assert verify.returncode == 0, verify.stderr[-3000:]
+    ts = tmp_path / "model.ts"
+    export = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", str(ts), "--ckpt_file",
+         str(root / "models" / "model.pt"), *common, "--img_size", "64", "--out_channels", "3"],
+        cwd=BUNDLE, capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert export.returncode == 0, export.stderr[-3000:]
+    assert torch.jit.load(str(ts))(torch.rand(1, 1, 64, 64)).shape == (1, 3, 64, 64)
+    from monai.bundle import ConfigWorkflow
+
+    for config, kind, dataset_dir in (("train.json", "train", data), ("inference.json", "infer", data)):
+        workflow = ConfigWorkflow(
+            config_file=str(BUNDLE / "configs" / config), meta_file=str(BUNDLE / "configs" / "metadata.json"),
+            logging_file=str(BUNDLE / "configs" / "logging.conf"), workflow_type=kind, init_id="skip_initialize",
+            bundle_root=str(BUNDLE), dataset_dir=str(dataset_dir), val_fraction=0.34, num_workers=0,
+        )
+        workflow.initialize()
+        assert workflow.check_properties() in (None, []), config

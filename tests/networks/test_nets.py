@@ -194,12 +194,17 @@ def test_paper_options_change_the_model():
 def test_activation_checkpointing_gives_the_same_gradients(cls):
     x = torch.rand(2, 3, 64, 64)
     target = torch.randint(0, 2, (2, 64, 64))
-    grads = []
+    grads, calls = [], []
     for use_checkpoint in (False, True):
         torch.manual_seed(0)
         net = cls(3, 2, img_size=64, learnable_gates=True, use_checkpoint=use_checkpoint).train()
+        count = [0]
+        first_block = next(m for m in net.modules() if type(m).__name__ == "AxialBlock")
+        first_block.attn_h.register_forward_hook(lambda *_: count.__setitem__(0, count[0] + 1))
         F.cross_entropy(net(x), target).backward()
         grads.append({n: p.grad for n, p in net.named_parameters() if p.grad is not None})
+        calls.append(count[0])
+    assert calls == [1, 2]  # checkpointing recomputes the block in the backward pass
     assert grads[0].keys() == grads[1].keys()
     for name in grads[0]:
         torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-5, rtol=1e-4, msg=name)

@@ -22,7 +22,7 @@ from monai.utils import ensure_tuple_rep, look_up_option
 
 from monai_medt.networks.blocks.axial_attention import AxialAttention, AxialAttentionNoPos
 
-__all__ = ["AxialBlock", "ATTENTION_TYPES", "make_axial_stage"]
+__all__ = ["AxialBlock", "ATTENTION_TYPES", "make_axial_stage", "set_checkpointing"]
 
 # "gated": relative positions + gates (MedT global branch); "axial": relative positions, no gates;
 # "nopos": no positional terms, no gates (MedT local branch)
@@ -46,6 +46,9 @@ class AxialBlock(nn.Module):
         gate_position: ``"before_norm"`` (official code) or ``"after_norm"`` (paper); only for ``"gated"``.
             Defaults to ``"before_norm"``.
         learnable_gates: whether gates get gradients from the start; only for ``"gated"``. Defaults to False.
+        use_checkpoint: in training, recompute the block's activations in the backward pass instead of storing them
+            (activation checkpointing; batch-norm running statistics are then updated twice per step). Defaults to
+            False.
 
     Examples::
 
@@ -65,8 +68,10 @@ class AxialBlock(nn.Module):
         attention: str = "gated",
         gate_position: str = "before_norm",
         learnable_gates: bool = False,
+        use_checkpoint: bool = False,
     ) -> None:
         super().__init__()
+        self.use_checkpoint = use_checkpoint
         attention = look_up_option(attention, ATTENTION_TYPES)
         size_h, size_w = ensure_tuple_rep(spatial_size, 2)
         conv = Conv[Conv.CONV, 2]
@@ -110,6 +115,19 @@ class AxialBlock(nn.Module):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.use_checkpoint and self.training and not torch.jit.is_scripting():
+            return self._checkpointed(x)
+        return self._forward(x)
+
+    @torch.jit.unused
+    def _checkpointed(self, x: torch.Tensor) -> torch.Tensor:
+        from torch.utils.checkpoint import checkpoint
+
+        if not torch.is_grad_enabled():
+            return self._forward(x)
+        return checkpoint(self._forward, x, use_reentrant=False)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.norm_in(self.conv_in(x)))
         out = F.relu(self.attn_w(self.attn_h(out)))
         out = self.norm_out(self.conv_out(out))
@@ -163,3 +181,11 @@ def make_axial_stage(
         if i == 0:
             size = (size[0] // stride, size[1] // stride)
     return nn.Sequential(*blocks)
+
+
+def set_checkpointing(network: nn.Module, enabled: bool) -> int:
+    """Switch activation checkpointing of every :class:`AxialBlock` in ``network``; returns the number of blocks."""
+    blocks = [m for m in network.modules() if isinstance(m, AxialBlock)]
+    for block in blocks:
+        block.use_checkpoint = enabled
+    return len(blocks)

@@ -18,10 +18,10 @@ import torch.nn as nn
 from monai.networks.layers.factories import Conv, Dropout
 from monai.utils import ensure_tuple_rep
 
-from monai_medt.networks.blocks.axial_block import make_axial_stage
+from monai_medt.networks.blocks.axial_block import make_axial_stage, set_checkpointing
 from monai_medt.networks.blocks.decoder import AdditiveSkipDecoder
 from monai_medt.networks.blocks.stem import ConvStem
-from monai_medt.networks.utils import check_input, check_network_args, plain_input, run_stage
+from monai_medt.networks.utils import check_input, check_network_args, plain_input
 
 __all__ = ["AxialUNet", "GatedAxialUNet"]
 
@@ -56,8 +56,8 @@ class AxialUNet(nn.Module):
         learnable_gates: whether gates receive gradients from the first step. The official recipe freezes them for 10
             epochs (:func:`monai_medt.networks.set_gates_trainable`). Defaults to False.
         dropout: dropout rate before the output conv (0 disables it). Defaults to 0.0.
-        use_checkpoint: recompute each encoder stage's activations in the backward pass instead of storing them
-            (activation checkpointing; for large inputs). Defaults to False.
+        use_checkpoint: recompute each axial block's activations in the backward pass instead of storing them
+            (activation checkpointing, for large inputs). Defaults to False.
 
     Raises:
         ValueError: when an argument is out of range or the sizes do not divide.
@@ -98,7 +98,6 @@ class AxialUNet(nn.Module):
                 f"(stem 2 x {len(depths) - 1} strided stages x strided bottom conv)."
             )
         self.in_channels = in_channels
-        self.use_checkpoint = use_checkpoint
         self.img_size = [int(s) for s in size]
         self.stem = ConvStem(in_channels, stem_channels, stem_hidden_channels)
         stages = []
@@ -125,6 +124,7 @@ class AxialUNet(nn.Module):
         )
         self.dropout = Dropout[Dropout.DROPOUT, 1](dropout)
         self.head = Conv[Conv.CONV, 2](head_channels, out_channels, kernel_size=1)
+        set_checkpointing(self, use_checkpoint)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, self.in_channels, self.img_size, "AxialUNet")
@@ -132,7 +132,7 @@ class AxialUNet(nn.Module):
         x = self.stem(x)
         features: list[torch.Tensor] = []
         for stage in self.stages:
-            x = run_stage(stage, x, self.use_checkpoint)
+            x = stage(x)
             features.insert(0, x)
         x = self.decoder(x, features)
         return self.head(self.dropout(x))
@@ -156,7 +156,7 @@ class GatedAxialUNet(AxialUNet):
         gate_position: ``"before_norm"`` (official code) or ``"after_norm"`` (paper). Defaults to ``"before_norm"``.
         learnable_gates: whether gates receive gradients from the first step. Defaults to False.
         dropout: dropout rate before the output conv. Defaults to 0.0.
-        use_checkpoint: activation checkpointing of the encoder stages in training. Defaults to False.
+        use_checkpoint: activation checkpointing of the axial blocks in training. Defaults to False.
 
     Examples::
 

@@ -19,10 +19,10 @@ import torch.nn.functional as F
 from monai.networks.layers.factories import Conv, Dropout
 from monai.utils import ensure_tuple_rep, look_up_option
 
-from monai_medt.networks.blocks.axial_block import ATTENTION_TYPES, make_axial_stage
+from monai_medt.networks.blocks.axial_block import ATTENTION_TYPES, make_axial_stage, set_checkpointing
 from monai_medt.networks.blocks.decoder import AdditiveSkipDecoder
 from monai_medt.networks.blocks.stem import ConvStem
-from monai_medt.networks.utils import check_input, check_network_args, plain_input, run_stage
+from monai_medt.networks.utils import check_input, check_network_args, plain_input
 
 __all__ = ["MedT", "LoGo", "MAX_DERIVED_GRID"]
 
@@ -77,8 +77,8 @@ class MedT(nn.Module):
         fusion_conv: apply the official 3x3 conv + ReLU after adding the branches; False gives the paper's
             "add, then 1x1 conv". Defaults to True.
         dropout: dropout rate before the output conv (0 disables it). Defaults to 0.0.
-        use_checkpoint: recompute each encoder stage's activations in the backward pass instead of storing them
-            (activation checkpointing; for large inputs). Defaults to False.
+        use_checkpoint: recompute each axial block's activations in the backward pass instead of storing them
+            (activation checkpointing, for large inputs). Defaults to False.
 
     Raises:
         ValueError: when an argument is out of range or the sizes do not divide.
@@ -147,7 +147,6 @@ class MedT(nn.Module):
                 f"{local_stride}."
             )
         self.in_channels = in_channels
-        self.use_checkpoint = use_checkpoint
         self.img_size = [int(s) for s in size]
         self.grid = [int(g) for g in grid]
         self.tile = [self.img_size[0] // self.grid[0], self.img_size[1] // self.grid[1]]
@@ -184,6 +183,7 @@ class MedT(nn.Module):
         )
         self.dropout = Dropout[Dropout.DROPOUT, 1](dropout)
         self.head = conv(head_channels, out_channels, kernel_size=1)
+        set_checkpointing(self, use_checkpoint)
 
     @staticmethod
     def _make_stages(
@@ -217,7 +217,7 @@ class MedT(nn.Module):
         y = self.global_stem(x)
         features: list[torch.Tensor] = []
         for stage in self.global_stages:
-            y = run_stage(stage, y, self.use_checkpoint)
+            y = stage(y)
             features.insert(0, y)
         y_global = self.global_decoder(y, features[1:])
 
@@ -226,7 +226,7 @@ class MedT(nn.Module):
         y = self.local_stem(tiles)
         features = []
         for stage in self.local_stages:
-            y = run_stage(stage, y, self.use_checkpoint)
+            y = stage(y)
             features.insert(0, y)
         y = self.local_decoder(y, features)
         oc = y.shape[1]
@@ -256,7 +256,7 @@ class LoGo(MedT):
         head_channels: channels of the branch outputs and fusion conv. Defaults to 16.
         fusion_conv: apply the 3x3 conv + ReLU after adding the branches. Defaults to True.
         dropout: dropout rate before the output conv. Defaults to 0.0.
-        use_checkpoint: activation checkpointing of the encoder stages in training. Defaults to False.
+        use_checkpoint: activation checkpointing of the axial blocks in training. Defaults to False.
 
     Examples::
 
