@@ -15,5 +15,5 @@ fi
 "$VENV/bin/python" -m pip install --quiet --upgrade pip
 # torch first and alone, so that no later requirement pulls a different (multi-GB) build
 "$VENV/bin/python" -m pip install --quiet "$TORCH_SPEC"
-"$VENV/bin/python" -m pip install --quiet -e ".[bundle,dev,export]" "$TORCH_SPEC"
+"$VENV/bin/python" -m pip install --quiet -e ".[bundle,dev,export,tracking]" "$TORCH_SPEC"
 "$VENV/bin/python" -c "import torch, monai, monai_medt; print('monai-medt', monai_medt.__version__, '| monai', monai.__version__, '| torch', torch.__version__)"

@@ -206,3 +206,18 @@ def test_bundle_properties(glas):
         )
         workflow.initialize()
         assert workflow.check_properties() in (None, []), config
+
+
+def test_mlflow_tracking_local_store(glas, tmp_path):
+    pytest.importorskip("mlflow", reason="mlflow is not installed (pip install monai-medt[tracking])")
+    import mlflow
+
+    run_bundle(
+        "--config_file", "configs/train.json", "--dataset_dir", str(glas), "--max_cases", "8", "--epochs", "1",
+        "--val_interval", "1", "--tracking", "mlflow", *TINY, root=tmp_path,
+    )
+    store = tmp_path / "eval" / "mlruns.db"  # MONAI's default: a local SQLite store under output_dir
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{store}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert {"train_loss", "val_mean_dice", "val_mean_iou"} <= set(runs[0].data.metrics)
