@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.bundles.runner import run_bundle as _run_bundle
 from tests.conftest import REPO_ROOT, require_path, shared_dir
 
 BUNDLE = REPO_ROOT / "bundles" / "medt_ct_segmentation"
@@ -21,14 +22,8 @@ TINY = ["--img_size", "64", "--pixdim", "[3.0, 3.0]", "--out_channels", "3", "--
         "--validate#inferer#sw_batch_size", "32"]
 
 
-def run_bundle(*args: str, root, check=True) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--meta_file", "configs/metadata.json", "--logging_file",
-           "configs/logging.conf", "--bundle_root", str(root), *args]
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "2"}
-    proc = subprocess.run(cmd, cwd=BUNDLE, capture_output=True, text=True, env=env, timeout=900)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    return proc
+def run_bundle(*args: str, root, launcher=None, check=True) -> subprocess.CompletedProcess:
+    return _run_bundle(BUNDLE, *args, root=root, launcher=launcher, check=check)
 
 
 @pytest.fixture(scope="module")

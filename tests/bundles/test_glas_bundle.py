@@ -18,6 +18,7 @@ from PIL import Image
 
 from monai_medt.evaluation import paper_scores
 from monai_medt.networks.nets import MedT
+from tests.bundles.runner import run_bundle as _run_bundle
 from tests.conftest import REPO_ROOT, require_path, shared_dir
 
 BUNDLE = REPO_ROOT / "bundles" / "medt_glas_segmentation"
@@ -25,15 +26,7 @@ TINY = ["--img_size", "64", "--num_workers", "0"]
 
 
 def run_bundle(*args: str, root, launcher=None, check=True) -> subprocess.CompletedProcess:
-    cmd = (launcher or [sys.executable, "-m"]) + [
-        "monai.bundle", "run", "--meta_file", "configs/metadata.json", "--logging_file", "configs/logging.conf",
-        "--bundle_root", str(root), *args,
-    ]
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "2"}
-    proc = subprocess.run(cmd, cwd=BUNDLE, capture_output=True, text=True, env=env, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    return proc
+    return _run_bundle(BUNDLE, *args, root=root, launcher=launcher, check=check)
 
 
 @pytest.fixture(scope="module")
