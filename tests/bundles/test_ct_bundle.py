@@ -62,6 +62,27 @@ def test_slice_training(trained):
     MedT(1, 3, img_size=64).load_state_dict(state)
 
 
+def test_ddp_one_process_gloo(ct_dataset, tmp_path):
+    data, _ = ct_dataset
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=1", "-m"]
+    proc = run_bundle(
+        "--config_file", "['configs/train.json','configs/multi_gpu_train.json']", "--dataset_dir", str(data),
+        "--val_fraction", "0.34", "--epochs", "1", "--val_interval", "1", "--num_samples", "2", "--batch_size", "1",
+        *TINY, root=tmp_path, launcher=launcher,
+    )
+    log = proc.stdout + proc.stderr
+    # two training volumes x two slices each, batch 1: the DistributedSampler of one rank sees every volume once
+    assert "Epoch: 1/1, Iter: 2/2" in log and "Epoch[1] Complete" in log and "val_mean_dice" in log
+    from monai_medt.networks.nets import MedT
+
+    state = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert not any(k.startswith("module.") for k in state)  # saved unwrapped from DistributedDataParallel
+    MedT(1, 3, img_size=64).load_state_dict(state)
+    resume = torch.load(tmp_path / "models" / "checkpoint_epoch=1.pt", map_location="cpu", weights_only=True)
+    assert resume["trainer"]["iteration"] == 2 and resume["trainer"]["max_epochs"] == 1
+    assert not any(k.startswith("module.") for k in resume["model"])
+
+
 def test_inference_keeps_input_geometry(trained, ct_dataset, tmp_path):
     root, _ = trained
     _, ct = ct_dataset
