@@ -1,0 +1,7 @@
+# Copyright (c) monai-medt contributors
+# Licensed under the Apache License, Version 2.0 (the "License"); see the LICENSE file.
+
+from __future__ import annotations
+
+from .dicom_seg import SEG_CODING_SCHEME, require_highdicom, write_dicom_seg
+from .dictionary import SaveDicomSegD, SaveDicomSegd, SaveDicomSegDict
