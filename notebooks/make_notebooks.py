@@ -216,8 +216,32 @@ NB3 = [
         "plt.show()"
     ),
     new_markdown_cell(
-        "## MONAI Label\n\nServing these bundles from a MONAI Label server (3D Slicer / OHIF) is planned; the app and its "
-        "commands will be documented in the README once they exist and are tested."
+        "## MONAI Label\n\n"
+        "`label_app/` serves this bundle (and the GlaS and click-guided bundles) to 3D Slicer or OHIF. MONAI Label has "
+        "its own environment (`.venv-label`: torch 2.14.1 + torchvision 0.29.1, monailabel 0.8.5). From the "
+        "repository root:\n\n"
+        "```bash\n"
+        "bash scripts/setup_label_env.sh\n"
+        "source .venv-label/bin/activate\n"
+        "monailabel start_server --app label_app --studies /path/to/ct_studies \\\n"
+        "    --conf models medt_ct_segmentation,medt_interactive_segmentation\n"
+        "```\n\n"
+        "Then, in 3D Slicer's MONAI Label module, connect to `http://127.0.0.1:8000`: `medt_ct_segmentation` labels the "
+        "whole volume, `medt_click_ct` labels the structure under your clicks on the current slice. The same REST calls "
+        "from Python are below; they run when `MONAI_LABEL_URL` points at a running server."
+    ),
+    new_code_cell(
+        "import requests\n"
+        "url = os.environ.get('MONAI_LABEL_URL')\n"
+        "if url:\n"
+        "    info = requests.get(f'{url}/info/', timeout=30).json()\n"
+        "    print('models:', list(info['models']))\n"
+        "    # click-guided label on one slice: clicks are voxel indices (x, y, slice)\n"
+        "    r = requests.post(f'{url}/infer/medt_click_ct', params={'image': 'ct_a', 'output': 'image'},\n"
+        "                      files={'params': (None, json.dumps({'foreground': [[60, 50, 15]], 'background': []}))})\n"
+        "    print(r.status_code, len(r.content), 'bytes of NIfTI label')\n"
+        "else:\n"
+        "    print('MONAI_LABEL_URL not set: start a server as above to run these calls')"
     ),
     new_code_cell("print('NOTEBOOK-OK')"),
 ]
@@ -225,6 +249,8 @@ NB3 = [
 
 def main() -> None:
     for name, cells in (("01_network_api", NB1), ("02_train_evaluate_glas", NB2), ("03_ct_slicewise_inference", NB3)):
+        for i, cell in enumerate(cells):  # stable ids: regenerating does not churn unchanged notebooks
+            cell["id"] = f"{name[:2]}-{i:02d}"
         nb = new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
         nbformat.write(nb, HERE / f"{name}.ipynb")
 
