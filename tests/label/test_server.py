@@ -29,6 +29,7 @@ import torch
 from monai.bundle import ConfigParser
 from PIL import Image
 from scipy.ndimage import distance_transform_edt
+from scipy.ndimage import label as ndimage_label
 
 from monai_medt.label import stage_bundles
 from tests.conftest import REPO_ROOT, require_path, shared_dir
@@ -175,23 +176,31 @@ def test_glas_infer_full_resolution_png(server):
     assert set(np.unique(label).tolist()) <= {0, 1}
 
 
-def _interior_point(mask: np.ndarray) -> tuple[int, int]:
-    """(row, col) of the pixel deepest inside the mask's largest distance."""
-    d = distance_transform_edt(mask)
+def _interior_point(mask: np.ndarray) -> tuple[int, ...]:
+    """Index of the pixel farthest from the mask's edge (the image border counts as edge)."""
+    d = distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
     return tuple(int(v) for v in np.unravel_index(np.argmax(d), d.shape))
 
 
 def test_click_histology_follows_clicks(server):
     gt = np.asarray(Image.open(shared_dir() / "data" / "glas" / "test" / "labelcol" / "testA_3.png")) > 127
-    row, col = _interior_point(gt)
-    click = [[col, row]]  # MONAI Label clicks are in the image's index order: x (column), y (row)
-    pos = np.asarray(Image.open(io.BytesIO(_infer(server, "medt_click_histology", "glas_3", {"foreground": click}))))
-    neg = np.asarray(Image.open(io.BytesIO(_infer(server, "medt_click_histology", "glas_3", {"background": click}))))
-    assert pos.shape == gt.shape and set(np.unique(pos).tolist()) <= {0, 1}
-    assert pos[row, col] == 1, "a positive click inside a gland must mark it"
-    assert neg[row, col] == 0, "a negative click must clear the clicked pixel"
-    window = (slice(max(0, row - 10), row + 11), slice(max(0, col - 10), col + 11))
-    assert pos[window].sum() > neg[window].sum()
+    a = _interior_point(gt)  # (row, col); MONAI Label clicks are in the image's index order: (x = col, y = row)
+
+    def click(foreground, background):
+        params = {"foreground": [[c, r] for r, c in foreground], "background": [[c, r] for r, c in background]}
+        return np.asarray(Image.open(io.BytesIO(_infer(server, "medt_click_histology", "glas_3", params))))
+
+    first = click([a], [])
+    assert first.shape == gt.shape and set(np.unique(first).tolist()) <= {0, 1}
+    assert first[a] == 1, "a positive click inside a gland must mark it"
+    # a negative click inside the largest false-positive region of the first answer removes that region
+    regions, _ = ndimage_label((first == 1) & ~gt)
+    largest = np.argmax(np.bincount(regions.ravel())[1:]) + 1
+    b = _interior_point(regions == largest)
+    second = click([a], [b])
+    near_b = (slice(b[0] - 15, b[0] + 16), slice(b[1] - 15, b[1] + 16))
+    assert second[b] == 0 and second[near_b].sum() < first[near_b].sum(), "a negative click must clear where clicked"
+    assert second[a] == 1, "the positive click still holds"
 
 
 def test_click_ct_segments_clicked_slice(server, tmp_path):
