@@ -16,6 +16,7 @@ import torch
 
 from tests.bundles.runner import run_bundle as _run_bundle
 from tests.conftest import REPO_ROOT, require_path, shared_dir
+from tests.data.dicom_series import assert_seg_matches, check_layout, referenceable_copy, shared_series
 
 BUNDLE = REPO_ROOT / "bundles" / "medt_ct_segmentation"
 TINY = ["--img_size", "64", "--pixdim", "[3.0, 3.0]", "--out_channels", "3", "--num_workers", "0",
@@ -107,6 +108,62 @@ def test_inference_keeps_input_geometry(trained, ct_dataset, tmp_path):
     pred = nib.load(out / "series1_seg.nii.gz")
     assert pred.shape == tuple(series.shape)
     np.testing.assert_allclose(pred.affine, np.asarray(series.affine), atol=1e-3)
+
+
+def save_varied_random_medt(series, path, pixdim) -> None:
+    """
+    A random MedT (1 -> 3, 64) whose argmax varies within the slices of ``series``: batch-norm statistics taken from
+    the series' slices as the bundle preprocesses them, no head bias. The two-epoch model of ``trained`` predicts only
+    background here and a plain random MedT one class everywhere; either would let a transposed or flipped SEG frame
+    pass unnoticed.
+    """
+    from monai.transforms import SpatialPad
+
+    from monai_medt.networks.nets import MedT
+    from monai_medt.transforms import get_transforms
+
+    image = get_transforms("ct", "infer", 64, in_channels=1, pixdim=pixdim)({"image": str(series)})["image"]
+    assert max(image.shape[1:3]) <= 64, "one window per slice expected"
+    slices = SpatialPad([64, 64, -1])(image).as_tensor().permute(3, 0, 1, 2)  # (slices, 1, 64, 64)
+    net = MedT(1, 3, img_size=64)
+    for module in net.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None  # a plain average over the one calibration batch
+    with torch.no_grad():
+        net.train()(slices)
+        net.head.bias.zero_()
+    torch.save(net.state_dict(), path)
+
+
+def test_inference_writes_dicom_seg(ct_dataset, tmp_path):
+    pytest.importorskip("highdicom", reason="highdicom is not installed (pip install monai-medt[dicom])")
+    _, ct = ct_dataset
+    inputs = tmp_path / "in"
+    series = referenceable_copy(shared_series(), inputs / "series1")
+    os.symlink(ct / "v2_small" / "example_ct_sm.nii.gz", inputs / "small_ct.nii.gz")
+    # 8 mm pixels: one 64 x 64 window per slice keeps this CPU run short
+    save_varied_random_medt(series, tmp_path / "random.pt", pixdim=(8.0, 8.0))
+    out = tmp_path / "out"
+    proc = run_bundle(
+        "--config_file", "configs/inference.json", "--dataset_dir", str(inputs), "--ckpt_path",
+        str(tmp_path / "random.pt"), "--output_dir", str(out), "--img_size", "64", "--pixdim", "[8.0, 8.0]",
+        "--out_channels", "3", "--num_workers", "0", "--dicom_seg", "true", "--class_names",
+        "{1: 'liver', 2: 'spleen'}", root=tmp_path,
+    )
+    # a SEG only for the DICOM series, next to its NIfTI; the NIfTI input is skipped with a log line
+    assert sorted(p.name for p in out.iterdir()) == ["series1_seg.dcm", "series1_seg.nii.gz", "small_ct_seg.nii.gz"]
+    assert "small_ct.nii.gz: not a DICOM series folder" in proc.stdout + proc.stderr
+    from monai.transforms import LoadImage
+
+    image = LoadImage(image_only=True)(str(series))
+    affine = image.affine.numpy()
+    check_layout(series, image.numpy(), affine)  # the SEG check's slice mapping holds for the stored pixels
+    pred = nib.load(out / "series1_seg.nii.gz")
+    np.testing.assert_allclose(pred.affine, affine, atol=1e-3)
+    labels = np.asarray(pred.dataobj)
+    assert set(np.unique(labels)) == {0, 1, 2}
+    assert_seg_matches(out / "series1_seg.dcm", series, labels, affine, {1: "liver", 2: "spleen"})
 
 
 def test_evaluate(trained, ct_dataset):
