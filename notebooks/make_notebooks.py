@@ -91,7 +91,8 @@ NB2 = [
         "Runs the `medt_glas_segmentation` bundle in this process: training (with the paper's recipe, on a small "
         "subset and few epochs so that it finishes in about a minute on a CPU), then the evaluation workflow with both "
         "metric protocols; plots the learning curve and overlays. `MEDT_NB_EPOCHS`, `MEDT_NB_CASES` and "
-        "`MEDT_NB_IMG_SIZE` set the scale. The full-length run's numbers belong in the README's results table."
+        "`MEDT_NB_IMG_SIZE` set the scale. The numbers of the long runs (the checkpoints shipped with the bundle) are in "
+        "the README's \"GlaS results\" table and in `bundles/medt_glas_segmentation/docs/README.md`."
     ),
     new_code_cell(SETUP),
     new_code_cell(
