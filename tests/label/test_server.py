@@ -256,7 +256,14 @@ def test_concurrent_infer(server):
 
 
 def test_epistemic_scoring(server):
-    r = requests.post(f"{server['url']}/scoring/medt_epistemic", timeout=60)
+    # MONAI Label also starts scoring by itself (e.g. after training): let that run end, then ask for ours
+    deadline = time.time() + TRAIN_TIMEOUT
+    while True:
+        _wait(server, "scoring", TRAIN_TIMEOUT)
+        r = requests.post(f"{server['url']}/scoring/medt_epistemic", timeout=60)
+        if "Already Running" not in r.text or time.time() > deadline:
+            break
+        time.sleep(2)
     assert r.status_code == 200, r.text
     status = _wait(server, "scoring", TRAIN_TIMEOUT)
     assert status["status"] == "DONE", "\n".join(status.get("details", []))[-3000:]
