@@ -147,11 +147,14 @@ class _AxialAttentionBase(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         tensors = (q1, k, q2, rq, k3, wk, v, rv)
         needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-        if not needs_grad or torch.jit.is_tracing() or torch.compiler.is_compiling():
-            if torch.compiler.is_compiling():
-                rows = q1.shape[0]  # let the compiler fuse one pass instead of unrolling chunks
-            return relative_attention(q1, k, q2, rq, k3, wk, v, rv, positional, rows)
-        return RelativeAttentionFunction.apply(q1, k, q2, rq, k3, wk, v, rv, positional, rows)
+        # autocast off: it would run the core's matmuls in half precision, and the hand-written backward (which
+        # autocast does not reach) would then meet half-precision gradients beside its fp32 inputs
+        with torch.autocast(q1.device.type, enabled=False):
+            if not needs_grad or torch.jit.is_tracing() or torch.compiler.is_compiling():
+                if torch.compiler.is_compiling():
+                    rows = q1.shape[0]  # let the compiler fuse one pass instead of unrolling chunks
+                return relative_attention(q1, k, q2, rq, k3, wk, v, rv, positional, rows)
+            return RelativeAttentionFunction.apply(q1, k, q2, rq, k3, wk, v, rv, positional, rows)
 
     def _fold_logit_norm(
         self, means: list[torch.Tensor], squares: list[torch.Tensor], count: int, terms: int
