@@ -37,10 +37,11 @@ def _parser(config_names: list[str], overrides: dict):
     return parser
 
 
-def export(dataset_dir: str, out: str, img_size: int) -> None:
+def export(dataset_dir: str, out: str, img_size: int, max_cases: int = 0) -> None:
     import torch
 
-    parser = _parser(["train.json"], {"dataset_dir": dataset_dir, "img_size": img_size, "num_workers": 0})
+    overrides = {"dataset_dir": dataset_dir, "img_size": img_size, "num_workers": 0, "max_cases": max_cases}
+    parser = _parser(["train.json"], overrides)
     cache = {"img_size": img_size}
     for split, key in (("train", "train#dataset"), ("val", "validate#dataset")):
         ds = parser.get_parsed_content(key)
@@ -94,6 +95,7 @@ def main() -> None:
     ex.add_argument("--dataset_dir", required=True)
     ex.add_argument("--out", required=True)
     ex.add_argument("--img_size", type=int, default=128)
+    ex.add_argument("--max_cases", type=int, default=0, help="the bundle's max_cases (0: all)")
     tr = sub.add_parser("train")
     tr.add_argument("--cache", required=True)
     tr.add_argument("--ckpt_dir", required=True)
@@ -102,7 +104,7 @@ def main() -> None:
     tr.add_argument("--set", action="append", default=[], help="bundle override key=value (value parsed as JSON)")
     args = ap.parse_args()
     if args.cmd == "export":
-        export(args.dataset_dir, args.out, args.img_size)
+        export(args.dataset_dir, args.out, args.img_size, args.max_cases)
     else:
         train(args.cache, args.ckpt_dir, args.output_dir, args.multi_gpu, args.set)
 

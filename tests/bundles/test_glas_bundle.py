@@ -214,3 +214,34 @@ def test_mlflow_tracking_local_store(glas, tmp_path):
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert {"train_loss", "val_mean_dice", "val_mean_iou"} <= set(runs[0].data.metrics)
+
+
+def test_train_from_cached_preprocessing(glas, tmp_path):
+    """scripts/glas_cache.py: the bundle's deterministic preprocessing cached once, then its train workflow from the
+    cache alone (the images' folder is not read: dataset_dir points nowhere)."""
+    script = str(REPO_ROOT / "scripts" / "glas_cache.py")
+    cache = tmp_path / "cache" / "glas64.pt"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(
+        [sys.executable, script, "export", "--dataset_dir", str(glas), "--out", str(cache), "--img_size", "64",
+         "--max_cases", "8"], check=True, env=env, capture_output=True, text=True,
+    )
+    items = torch.load(cache, weights_only=False)
+    assert items["img_size"] == 64 and len(items["train"]) == 8 and len(items["val"]) == 2
+    assert tuple(items["train"][0]["image"].shape) == (3, 64, 64)
+    assert 0.0 <= float(items["train"][0]["image"].min()) and float(items["train"][0]["image"].max()) <= 1.0
+    proc = subprocess.run(
+        [sys.executable, script, "train", "--cache", str(cache), "--ckpt_dir", str(tmp_path / "models"),
+         "--output_dir", str(tmp_path / "eval"), "--set", "epochs=2", "--set", "val_interval=1",
+         "--set", f"dataset_dir={tmp_path / 'missing'}"], env=env, capture_output=True, text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Epoch[2] Complete" in proc.stdout + proc.stderr
+    state = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
+    MedT(3, 2, img_size=64, patch_grid=2).load_state_dict(state)
+    assert (tmp_path / "models" / "checkpoint_epoch=2.pt").is_file()
+    wrong = subprocess.run(
+        [sys.executable, script, "train", "--cache", str(cache), "--ckpt_dir", str(tmp_path / "m2"), "--output_dir",
+         str(tmp_path / "e2"), "--set", "img_size=128"], env=env, capture_output=True, text=True,
+    )
+    assert wrong.returncode != 0 and "the cache holds img_size 64, not 128" in wrong.stderr
