@@ -6,14 +6,5 @@
 # torch/torchvision are pinned on the same pip command line as monailabel, otherwise pip upgrades torch; monailabel
 # builds sam2 from source (a few minutes) and pins numpy<2.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-VENV="${VENV:-.venv-label}"
-PYTHON="${PYTHON:-python3}"
-TORCH_PAIR=("torch==2.14.1" "torchvision==0.29.1")
-if [ ! -x "$VENV/bin/python" ]; then
-    "$PYTHON" -m venv "$VENV"
-fi
-"$VENV/bin/python" -m pip install --quiet --upgrade pip
-"$VENV/bin/python" -m pip install --quiet "${TORCH_PAIR[@]}"
-"$VENV/bin/python" -m pip install --quiet -e ".[label,dev]" "${TORCH_PAIR[@]}"
-"$VENV/bin/python" -c "import torch, torchvision, monai, monailabel, monai_medt; print('label env: monailabel', monailabel.__version__, '| monai', monai.__version__, '| torch', torch.__version__, '| torchvision', torchvision.__version__)"
+exec bash "$(dirname "$0")/make_venv.sh" "${VENV:-.venv-label}" "label,dev" "monailabel torchvision" \
+    "torch==2.14.1" "torchvision==0.29.1"
