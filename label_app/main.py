@@ -64,6 +64,7 @@ class MyApp(MONAILabelApp):
         names = conf.get("models", "all")
         names = [*SEGMENTATION_BUNDLES, INTERACTIVE_BUNDLE] if names == "all" else names.split(",")
         self.bundles = stage_bundles([n.strip() for n in names if n.strip()], bundles_dir, self.model_dir)
+        self.dimensions = {n: _dimension(p) for n, p in self.bundles.items()}  # read each metadata.json once
         self.epistemic_model = conf.get("epistemic_model", "")
         if self.epistemic_model and self.epistemic_model not in self.bundles:
             raise ValueError(
@@ -87,7 +88,7 @@ class MyApp(MONAILabelApp):
                     if os.path.exists(os.path.join(path, "models", f"model_{modality}.pt")):
                         infers[f"medt_click_{modality}"] = MedTClickInferTask(path, modality, preload=preload)
                 continue
-            task = MedTBundleInferTask(path, self.conf, dimension=_dimension(path))
+            task = MedTBundleInferTask(path, self.conf, dimension=self.dimensions[name])
             if task.is_valid():  # a bundle without models/model.pt (or model.ts) cannot infer yet
                 infers[name] = task
         logger.info(f"+++ MedT infer tasks: {list(infers)}")
@@ -105,7 +106,7 @@ class MyApp(MONAILabelApp):
                         path, self.conf, extensions, overrides={"modality": modality}
                     )
                 continue
-            extensions = VOLUME_EXTENSIONS if _dimension(path) == 3 else IMAGE_EXTENSIONS
+            extensions = VOLUME_EXTENSIONS if self.dimensions[name] == 3 else IMAGE_EXTENSIONS
             # validate (and save models/model.pt, which the infer task reloads) after every epoch
             trainers[name] = MedTBundleTrainTask(path, self.conf, extensions, overrides={"val_interval": 1})
         return {k: v for k, v in trainers.items() if v.is_valid()}
@@ -118,7 +119,10 @@ class MyApp(MONAILabelApp):
             return {}
         path = self.bundles[self.epistemic_model]
         task = MCDropoutBundleInferTask(
-            path, self.conf, dimension=_dimension(path), dropout=float(self.conf.get("epistemic_dropout", "0.2"))
+            path,
+            self.conf,
+            dimension=self.dimensions[self.epistemic_model],
+            dropout=float(self.conf.get("epistemic_dropout", "0.2")),
         )
         return {
             "medt_epistemic": EpistemicScoring(
