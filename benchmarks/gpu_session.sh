@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
 # One lent-GPU session (the device machine: python3 with CUDA torch, no MONAI, no network), ~9.5 minutes:
 #   1. GlaS paper-recipe training through the bundle (scripts/glas_cache.py, cache made here by `export`), in
-#      parallel until TRAIN_S: MedT fp32 eager, MedT fp32 torch.compile(mode="reduce-overhead"), gated axial U-Net,
-#      axial U-Net; plus a 2-epoch MedT run with the bundle's default AMP under torchrun + multi_gpu_train.json
-#      (DDP, NCCL, one process).
+#      parallel until TRAIN_S: MedT fp32 eager, MedT fp32 torch.compile(mode="reduce-overhead") (a probe: it failed
+#      at the second step on 2026-11-28), gated axial U-Net, axial U-Net; plus a 2-epoch MedT run with --amp true
+#      under torchrun + multi_gpu_train.json (DDP, NCCL, one process).
 #   2. Throughput and peak memory (benchmarks/bench_networks.py) at 128 and 256, fp32 vs bf16 autocast.
-# Needs in the working tree (git-ignored, carried): .devcache/glas128.pt and .whl/ (monai, pytorch-ignite wheels).
+# Needs in the working tree (git-ignored, carried): .devcache/glas128.pt and .whl/ (monai, pytorch-ignite wheels):
+#   .venv/bin/python scripts/glas_cache.py export --dataset_dir ../shared/data/glas --out .devcache/glas128.pt
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#       --platform manylinux2014_x86_64 -d .whl monai==1.6.1 pytorch-ignite==0.5.5
+# then the device tool: run `bash benchmarks/gpu_session.sh`, carry [".devcache", ".whl"], timeout_s 600.
+# To continue runs, put their checkpoints under .devcache/ and set MEDT_RESUME, GAUNET_RESUME, AUNET_RESUME to them.
+# Seen on an H200 (2026-11-28): ~3.5-4.3 s per GlaS epoch for each run (launch-bound), so ~100 epochs per run fit.
 # Everything comes back under $OUT: session.txt (this script's log), bench.txt, runs.tgz.* (logs, TensorBoard
 # events, best and last checkpoints; split into 15 MiB parts: cat runs.tgz.* | tar xz).
 set -u
@@ -31,16 +37,19 @@ train() {  # name, then extra args for glas_cache.py train
         --output_dir $R/$name/eval "$@" > $R/$name.log 2>&1
     stamp "end $name rc=$?"
 }
-train medt --set amp=false & pids="$!"
-train medt_compiled --set amp=false --set train#trainer#compile=true \
+resume() { [ -n "${1:-}" ] && echo "--set resume_ckpt=$1"; }
+train medt --set amp=false $(resume "${MEDT_RESUME:-}") & pids="$!"
+train medt_compiled --set train#trainer#compile=true \
     --set 'train#trainer#compile_kwargs={"mode": "reduce-overhead"}' & pids="$pids $!"
-train gated_axial_unet --set amp=false --set network_def#_target_=monai_medt.networks.nets.GatedAxialUNet & pids="$pids $!"
-train axial_unet --set amp=false --set network_def#_target_=monai_medt.networks.nets.AxialUNet & pids="$pids $!"
+train gated_axial_unet --set amp=false --set network_def#_target_=monai_medt.networks.nets.GatedAxialUNet \
+    $(resume "${GAUNET_RESUME:-}") & pids="$pids $!"
+train axial_unet --set amp=false --set network_def#_target_=monai_medt.networks.nets.AxialUNet \
+    $(resume "${AUNET_RESUME:-}") & pids="$pids $!"
 (
     stamp "start ddp_amp"
     timeout 150 python3 -m torch.distributed.run --standalone --nnodes=1 --nproc_per_node=1 scripts/glas_cache.py \
         train --multi_gpu --cache .devcache/glas128.pt --ckpt_dir $R/ddp_amp/models --output_dir $R/ddp_amp/eval \
-        --set epochs=2 --set val_interval=1 > $R/ddp_amp.log 2>&1
+        --set epochs=2 --set val_interval=1 --set amp=true > $R/ddp_amp.log 2>&1
     stamp "end ddp_amp rc=$?"
 ) & pids="$pids $!"
 sleep 60; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv
