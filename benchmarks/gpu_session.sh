@@ -26,7 +26,8 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
 grep -m1 "model name" /proc/cpuinfo
-python3 -c "import torch, monai, monai_medt; print('torch', torch.__version__, 'monai', monai.__version__, torch.cuda.get_device_name(0))" || exit 1
+python3 -c "import torch, monai, monai_medt
+print('torch', torch.__version__, 'monai', monai.__version__, torch.cuda.get_device_name(0))" || exit 1
 
 R=/tmp/runs
 mkdir -p $R

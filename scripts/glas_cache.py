@@ -4,11 +4,12 @@
 Run the GlaS bundle's training workflow from a precomputed cache of its deterministic preprocessing.
 
 For a machine that cannot receive the full-resolution images (the lent GPU machine takes 64 MiB in all), ``export``
-runs the bundle's own ``train#dataset`` / ``validate#dataset`` (CacheDataset: load, scale, resize to ``img_size``)
-here and saves the cached items; ``train`` rebuilds the bundle config (train.json, plus multi_gpu_train.json with
-``--multi_gpu`` under torchrun), swaps in datasets over those items and applies only the random part of
-``train#preprocessing``, then runs the bundle's ``initialize`` / ``run`` / ``finalize`` sections. Model, loss,
-optimiser, handlers, checkpointing and AMP are the bundle's.
+runs the deterministic part of the bundle's own ``train#preprocessing`` / ``validate#preprocessing`` (load, scale,
+resize to ``img_size``; cut where CacheDataset cuts, at the first random transform) here and saves the items;
+``train`` rebuilds the bundle config (train.json, plus multi_gpu_train.json with ``--multi_gpu`` under torchrun),
+swaps in datasets over those items and applies only the random part of ``train#preprocessing``, then runs the
+bundle's ``initialize`` / ``run`` / ``finalize`` sections. Model, loss, optimiser, handlers, checkpointing and AMP are
+the bundle's.
 
     python scripts/glas_cache.py export --dataset_dir ../shared/data/glas --out .devcache/glas128.pt
     python scripts/glas_cache.py train --cache .devcache/glas128.pt --ckpt_dir runs/medt/models \\
@@ -37,15 +38,28 @@ def _parser(config_names: list[str], overrides: dict):
     return parser
 
 
+def _split_at_first_random(preprocessing) -> tuple[list, list]:
+    """The transforms before the first random (or non-Transform) one, and the rest: CacheDataset's cut."""
+    from monai.transforms import RandomizableTrait, Transform
+
+    first = preprocessing.get_index_of_first(lambda t: isinstance(t, RandomizableTrait) or not isinstance(t, Transform))
+    transforms = list(preprocessing.transforms)
+    return (transforms, []) if first is None else (transforms[:first], transforms[first:])
+
+
 def export(dataset_dir: str, out: str, img_size: int, max_cases: int = 0) -> None:
     import torch
+    from monai.transforms import Compose
 
     overrides = {"dataset_dir": dataset_dir, "img_size": img_size, "num_workers": 0, "max_cases": max_cases}
     parser = _parser(["train.json"], overrides)
     cache = {"img_size": img_size}
-    for split, key in (("train", "train#dataset"), ("val", "validate#dataset")):
-        ds = parser.get_parsed_content(key)
-        cache[split] = [ds[i] if split == "val" else ds._cache[i] for i in range(len(ds))]
+    for split, data, preprocessing in (
+        ("train", "train_datalist", "train#preprocessing"),
+        ("val", "val_datalist", "validate#preprocessing"),
+    ):
+        deterministic = Compose(_split_at_first_random(parser.get_parsed_content(preprocessing))[0])
+        cache[split] = [deterministic(dict(item)) for item in parser.get_parsed_content(data)]
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     torch.save(cache, out + ".tmp")
     os.replace(out + ".tmp", out)
@@ -62,7 +76,7 @@ def _value(text: str):
 def train(cache_path: str, ckpt_dir: str, output_dir: str, multi_gpu: bool, sets: list[str]) -> None:
     import torch
     from monai.data import Dataset
-    from monai.transforms import Compose, Lambda, RandomizableTrait, Transform
+    from monai.transforms import Compose, Lambda
 
     cache = torch.load(cache_path, weights_only=False)
     overrides = {"ckpt_dir": ckpt_dir, "output_dir": output_dir, "img_size": cache["img_size"], "num_workers": 0}
@@ -77,9 +91,7 @@ def train(cache_path: str, ckpt_dir: str, output_dir: str, multi_gpu: bool, sets
     parser = _parser(configs, overrides)
     logging.config.fileConfig(os.path.join(BUNDLE, "configs", "logging.conf"), disable_existing_loggers=False)
 
-    preprocessing = parser.get_parsed_content("train#preprocessing")
-    first = preprocessing.get_index_of_first(lambda t: isinstance(t, RandomizableTrait) or not isinstance(t, Transform))
-    random_part = preprocessing.transforms[first:] if first is not None else []
+    random_part = _split_at_first_random(parser.get_parsed_content("train#preprocessing"))[1]
     # each item is copied before the random transforms, as CacheDataset does, so the cache is never modified
     parser["train#dataset"] = Dataset(cache["train"], Compose([Lambda(copy.deepcopy), *random_part]))
     parser["validate#dataset"] = Dataset(cache["val"], Lambda(copy.deepcopy))

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from monai_medt.networks.blocks.axial_attention import GatedAxialAttention
 from monai_medt.networks import gate_values, set_gates_trainable
+from monai_medt.networks.blocks.axial_attention import GatedAxialAttention
 from monai_medt.networks.nets import AxialUNet, GatedAxialUNet, LoGo, MedT
 
 VARIANTS = {"MedT": MedT, "LoGo": LoGo, "AxialUNet": AxialUNet, "GatedAxialUNet": GatedAxialUNet}
@@ -224,7 +224,6 @@ def test_bf16_autocast_close_to_fp32(cls):
     assert (low.float() - ref).abs().max() < 0.05 * ref.abs().max() + 0.05
 
 
-
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_autocast_training_step(dtype):
     """A MedT train step under autocast (the bundles' opt-in AMP) runs: loss close to fp32's, all gradients finite."""
@@ -258,5 +257,6 @@ def test_gated_attention_gradients_under_autocast(dtype):
             out = attn(x)
         assert out.dtype == torch.float32
         (out * weight).sum().backward()
-        grads.append(torch.cat([x.grad.flatten()] + [p.grad.flatten() for p in attn.parameters() if p.grad is not None]))
+        param_grads = [p.grad.flatten() for p in attn.parameters() if p.grad is not None]
+        grads.append(torch.cat([x.grad.flatten(), *param_grads]))
     assert torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0) > 0.999
