@@ -28,3 +28,17 @@ def require_path(path: Path) -> Path:
 def _seed_and_threads():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(params=["fused", "pytorch"])
+def attention_backend(request, monkeypatch):
+    """Run a test on the fused CPU attention kernel and on the PyTorch implementation (GPUs, TorchScript)."""
+    from monai_medt.networks.blocks.cpu_kernel import KERNEL_ENV, cpu_kernel
+
+    if request.param == "pytorch":
+        monkeypatch.setenv(KERNEL_ENV, "0")
+    elif os.environ.get(KERNEL_ENV) == "0":
+        pytest.skip(f"{KERNEL_ENV}=0 disables the fused CPU kernel")
+    else:
+        assert cpu_kernel() is not None, "the fused CPU attention kernel did not build (see the warning above)"
+    return request.param

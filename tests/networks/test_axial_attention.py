@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from monai_medt.networks.blocks import AxialAttention, AxialAttentionNoPos, GatedAxialAttention
+from monai_medt.networks.blocks.cpu_kernel import KERNEL_ENV
 
 
 def _bn(x: torch.Tensor, norm: torch.nn.BatchNorm2d, train: bool) -> torch.Tensor:
@@ -70,7 +71,7 @@ def _randomise_norms(layer: torch.nn.Module) -> None:
 @pytest.mark.parametrize("gate_position", ["before_norm", "after_norm"])
 @pytest.mark.parametrize("train", [True, False])
 @pytest.mark.parametrize("stride", [1, 2])
-def test_matches_reference(axis, gate_position, train, stride):
+def test_matches_reference(axis, gate_position, train, stride, attention_backend):
     layer = GatedAxialAttention(
         8, 16, kernel_size=12 if axis == "height" else 10, num_heads=4, axis=axis, stride=stride,
         gate_position=gate_position, gate_init=(0.3, -0.7, 1.3, 0.5),
@@ -118,7 +119,7 @@ def test_gates_frozen_or_learnable():
     torch.testing.assert_close(frozen.gates.detach(), torch.tensor([0.1, 0.1, 1.0, 0.1]))
 
 
-def test_nopos_matches_reference_and_any_length():
+def test_nopos_matches_reference_and_any_length(attention_backend):
     layer = AxialAttentionNoPos(8, 16, num_heads=4, axis="height")
     _randomise_norms(layer)
     for train in (True, False):
@@ -178,7 +179,7 @@ def _loss_weights(shape, seed=3):
 @pytest.mark.parametrize("axis", ["height", "width"])
 @pytest.mark.parametrize("gate_position", ["before_norm", "after_norm"])
 @pytest.mark.parametrize("stride", [1, 2])
-def test_train_gradients_match_reference(axis, gate_position, stride):
+def test_train_gradients_match_reference(axis, gate_position, stride, attention_backend):
     """The hand-written backward and the analytic batch-norm statistics give autograd's gradients of the spec."""
     torch.manual_seed(4)
     layer = GatedAxialAttention(
@@ -214,7 +215,7 @@ def test_train_gradients_match_reference(axis, gate_position, stride):
 
 
 @pytest.mark.parametrize("cls", ["axial", "nopos"])
-def test_running_statistics_match_batchnorm(cls):
+def test_running_statistics_match_batchnorm(cls, attention_backend):
     """Analytic logit statistics update running_mean/var exactly as BatchNorm2d on the explicit logits would."""
     torch.manual_seed(5)
     if cls == "axial":
@@ -246,8 +247,10 @@ def test_running_statistics_match_batchnorm(cls):
 
 
 def test_chunked_kernel_equals_single_pass(monkeypatch):
-    """Results do not depend on how many sequences each chunk holds (forward and backward)."""
+    """Results of the PyTorch kernel do not depend on how many sequences each chunk holds (forward and backward)."""
     from monai_medt.networks.blocks import attention_core
+
+    monkeypatch.setenv(KERNEL_ENV, "0")  # the chunked PyTorch path (GPUs, TorchScript, no compiler)
 
     x = torch.randn(2, 8, 16, 16)
     results = []

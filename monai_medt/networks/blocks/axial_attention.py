@@ -19,6 +19,7 @@ from monai.utils import look_up_option
 
 from monai_medt.networks.blocks import attention_core
 from monai_medt.networks.blocks.attention_core import RelativeAttentionFunction, chunk_rows, relative_attention
+from monai_medt.networks.blocks.cpu_kernel import cpu_kernel, fused_relative_attention
 
 __all__ = ["AxialAttention", "GatedAxialAttention", "AxialAttentionNoPos", "AXES", "GATE_POSITIONS", "GATE_NAMES"]
 
@@ -150,7 +151,10 @@ class _AxialAttentionBase(nn.Module):
         # autocast off: it would run the core's matmuls in half precision, and the hand-written backward (which
         # autocast does not reach) would then meet half-precision gradients beside its fp32 inputs
         with torch.autocast(q1.device.type, enabled=False):
-            if not needs_grad or torch.jit.is_tracing() or torch.compiler.is_compiling():
+            traced = torch.jit.is_tracing() or torch.compiler.is_compiling()
+            if q1.device.type == "cpu" and not traced and cpu_kernel() is not None:
+                return fused_relative_attention(q1, k, q2, rq, k3, wk, v, rv, positional)
+            if not needs_grad or traced:
                 if torch.compiler.is_compiling():
                     rows = q1.shape[0]  # let the compiler fuse one pass instead of unrolling chunks
                 return relative_attention(q1, k, q2, rq, k3, wk, v, rv, positional, rows)

@@ -1,0 +1,109 @@
+# Copyright (c) monai-medt contributors
+# Licensed under the Apache License, Version 2.0 (the "License"); see the LICENSE file.
+"""
+Optional fused CPU kernel of the relative axial attention (``csrc/relative_attention_cpu.cpp``).
+
+It computes exactly :func:`monai_medt.networks.blocks.attention_core.relative_attention` and its gradients, one query
+row at a time, so that the (N, L, L) logit and attention maps never leave the cache. It is compiled with the system's
+C++ compiler by :func:`torch.utils.cpp_extension.load` the first time a CPU attention layer runs (about a minute, then
+cached under ``TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``). Where no compiler is available the
+build fails once with a warning and the layers use the PyTorch implementation. ``MONAI_MEDT_CPU_KERNEL=0`` skips the
+kernel altogether.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from types import ModuleType
+
+import torch
+
+__all__ = ["cpu_kernel", "FusedRelativeAttentionFunction", "fused_relative_attention", "KERNEL_ENV"]
+
+KERNEL_ENV = "MONAI_MEDT_CPU_KERNEL"
+_SOURCE = os.path.join(os.path.dirname(__file__), "csrc", "relative_attention_cpu.cpp")
+_state: dict[str, ModuleType | None] = {}
+
+
+def _build() -> ModuleType:
+    from torch.utils.cpp_extension import load
+
+    flags = ["-O3", "-fopenmp"]
+    name = "monai_medt_attention"
+    # the vector ISA is part of the name: a build cache shared by different machines keeps one build per ISA
+    if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
+        flags += ["-mavx2", "-mfma"]
+        name += "_avx2"
+    return load(name=name, sources=[_SOURCE], extra_cflags=flags, extra_ldflags=["-fopenmp"], verbose=False)
+
+
+def cpu_kernel() -> ModuleType | None:
+    """The compiled kernel module, built on the first call; None where it is disabled or cannot be built."""
+    if os.environ.get(KERNEL_ENV, "1") == "0":  # read on every call, so that it can be switched at run time
+        return None
+    if "kernel" not in _state:
+        kernel = None
+        try:
+            kernel = _build()
+        except Exception as e:  # no compiler, headers or write access: fall back, but say so once
+            warnings.warn(
+                f"monai_medt: the fused CPU attention kernel could not be built ({type(e).__name__}: {e}); using "
+                f"the PyTorch implementation, which is several times slower. Set {KERNEL_ENV}=0 to skip the build.",
+                stacklevel=2,
+            )
+        _state["kernel"] = kernel
+    return _state["kernel"]
+
+
+class FusedRelativeAttentionFunction(torch.autograd.Function):
+    """Autograd function of the fused kernel; it saves the small inputs and the max and 1 / sum of each softmax row."""
+
+    @staticmethod
+    def forward(ctx, q1, k, q2, rq, k3, wk, v, rv, positional: bool):  # type: ignore[override]
+        kernel = cpu_kernel()
+        # layouts of the kernel: keys and values channel-major so that its inner loops over key positions are unit-stride
+        inputs = [q1.contiguous(), k.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous()]
+        if positional:
+            inputs += [q2.contiguous(), k3.transpose(1, 2).contiguous(), rq.contiguous(), wk.contiguous()]
+            inputs += [rv.contiguous()]
+        else:
+            inputs += [q1.new_empty(0)] * 5
+        q1c, kt, vt, q2c, k3t, rqc, wkc, rvc = inputs
+        sv, sve, stats = kernel.forward(q1c, kt, q2c, k3t, vt, rqc, wkc, rvc, positional)
+        ctx.save_for_backward(q1c, kt, q2c, k3t, vt, rqc, wkc, rvc, stats)
+        ctx.positional = positional
+        return sv, sve
+
+    @staticmethod
+    def backward(ctx, dsv, dsve):  # type: ignore[override]
+        q1c, kt, q2c, k3t, vt, rqc, wkc, rvc, stats = ctx.saved_tensors
+        positional = ctx.positional
+        dsve = dsve.contiguous() if positional else dsv.new_empty(0)
+        grads = cpu_kernel().backward(q1c, kt, q2c, k3t, vt, rqc, wkc, rvc, positional, stats, dsv.contiguous(), dsve)
+        dq1, dkt, dvt = grads[:3]
+        dk, dv = dkt.transpose(1, 2), dvt.transpose(1, 2)
+        if not positional:
+            return dq1, dk, None, None, None, None, dv, None, None
+        dq2, dk3t, drq, dwk, drv = grads[3:]
+        return dq1, dk, dq2, drq, dk3t.transpose(1, 2), dwk, dv, drv, None
+
+
+def fused_relative_attention(
+    q1: torch.Tensor,
+    k: torch.Tensor,
+    q2: torch.Tensor,
+    rq: torch.Tensor,
+    k3: torch.Tensor,
+    wk: torch.Tensor,
+    v: torch.Tensor,
+    rv: torch.Tensor,
+    positional: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    :func:`~monai_medt.networks.blocks.attention_core.relative_attention` (same arguments, without ``rows``) on the
+    fused CPU kernel, differentiable. Call :func:`cpu_kernel` first: this function assumes it returned a module.
+    Float32 and float64 CPU tensors.
+    """
+    sv, sve = FusedRelativeAttentionFunction.apply(q1, k, q2, rq, k3, wk, v, rv, positional)
+    return sv, sve

@@ -1,0 +1,308 @@
+// Copyright (c) monai-medt contributors
+// Licensed under the Apache License, Version 2.0 (the "License"); see the LICENSE file.
+//
+// Fused CPU kernel of MedT's relative-position axial attention (see attention_core.py for the math). One pass per
+// query row computes the logits, the softmax and both weighted sums in registers and L1 cache; the backward
+// recomputes the row's attention from its saved max and 1 / sum. The (N, L, L) maps are never materialised, which is
+// what bounds the unfused formulation: its matmuls have inner sizes of 1-8 channels and stream the maps through
+// memory a dozen times per layer.
+//
+// Layouts (all contiguous): q1, q2: (N, L, D); kt, k3t: (N, D, L); vt: (N, E, L); rq, wk: (D, L, L); rv: (E, L, L),
+// indexed [c, i, j]. Sequences are independent, so the work is split over n; the position-table gradients, which sum
+// over n, go to one buffer per thread.
+
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <cmath>
+#include <cstdint>
+#include <algorithm>
+#include <vector>
+
+namespace {
+
+// exp(x) for x <= 0 in a form the compiler vectorises (Cephes' single-precision polynomial, ~1 ulp). Below -87 the
+// result stays at 2^-126 * p(r) instead of underflowing: irrelevant next to the row maximum's exp(0) = 1.
+inline float exp_nonpositive(float x) {
+  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // nearest integer, by the 1.5 * 2^23 shift
+  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  int32_t e = static_cast<int32_t>(n);
+  e = e < -126 ? -126 : e;  // an integer clamp: a float compare would keep the loop from vectorising
+  return p * __builtin_bit_cast(float, (e + 127) << 23);
+}
+
+inline double exp_nonpositive(double x) { return std::exp(x); }
+
+template <typename T>
+struct Inputs {
+  const T *q1, *kt, *q2, *k3t, *vt, *rq, *wk, *rv;
+  int64_t L, D, E;
+  bool positional;
+};
+
+// logits of row i of sequence n into s[0..L)
+template <typename T>
+inline void row_logits(const Inputs<T>& in, int64_t n, int64_t i, T* s) {
+  const int64_t L = in.L, D = in.D;
+  const T* q1 = in.q1 + (n * L + i) * D;
+  const T* kt = in.kt + n * D * L;
+  // the first channel assigns (a zero fill would become a memset call, slow at these lengths)
+  {
+    const T a = q1[0];
+#pragma omp simd
+    for (int64_t j = 0; j < L; ++j) s[j] = a * kt[j];
+  }
+  for (int64_t c = 1; c < D; ++c) {
+    const T a = q1[c];
+    const T* kc = kt + c * L;
+#pragma omp simd
+    for (int64_t j = 0; j < L; ++j) s[j] += a * kc[j];
+  }
+  if (!in.positional) return;
+  const T* q2 = in.q2 + (n * L + i) * D;
+  const T* k3t = in.k3t + n * D * L;
+  for (int64_t c = 0; c < D; ++c) {
+    const T b = q2[c];
+    const T* r = in.rq + (c * L + i) * L;
+    const T* w = in.wk + (c * L + i) * L;
+    const T* kc = k3t + c * L;
+#pragma omp simd
+    for (int64_t j = 0; j < L; ++j) s[j] += b * r[j] + kc[j] * w[j];
+  }
+}
+
+template <typename T>
+inline T dot(const T* a, const T* b, int64_t L) {
+  T acc = T(0);
+#pragma omp simd reduction(+ : acc)
+  for (int64_t j = 0; j < L; ++j) acc += a[j] * b[j];
+  return acc;
+}
+
+template <typename T>
+Inputs<T> make_inputs(const torch::Tensor& q1, const torch::Tensor& kt, const torch::Tensor& q2,
+                      const torch::Tensor& k3t, const torch::Tensor& vt, const torch::Tensor& rq,
+                      const torch::Tensor& wk, const torch::Tensor& rv, bool positional) {
+  Inputs<T> in;
+  in.q1 = q1.data_ptr<T>();
+  in.kt = kt.data_ptr<T>();
+  in.vt = vt.data_ptr<T>();
+  in.q2 = positional ? q2.data_ptr<T>() : nullptr;
+  in.k3t = positional ? k3t.data_ptr<T>() : nullptr;
+  in.rq = positional ? rq.data_ptr<T>() : nullptr;
+  in.wk = positional ? wk.data_ptr<T>() : nullptr;
+  in.rv = positional ? rv.data_ptr<T>() : nullptr;
+  in.L = q1.size(1);
+  in.D = q1.size(2);
+  in.E = vt.size(1);
+  in.positional = positional;
+  return in;
+}
+
+template <typename T>
+void forward_impl(const Inputs<T>& in, int64_t N, T* sv, T* sve, T* stats) {
+  const int64_t L = in.L, E = in.E;
+  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> s(L);
+    for (int64_t n = begin; n < end; ++n) {
+      const T* vt = in.vt + n * E * L;
+      for (int64_t i = 0; i < L; ++i) {
+        row_logits(in, n, i, s.data());
+        T m = s[0];
+#pragma omp simd reduction(max : m)
+        for (int64_t j = 0; j < L; ++j) m = s[j] > m ? s[j] : m;
+        T* sp = s.data();
+#pragma omp simd
+        for (int64_t j = 0; j < L; ++j) sp[j] = exp_nonpositive(sp[j] - m);
+        T z = T(0);
+#pragma omp simd reduction(+ : z)
+        for (int64_t j = 0; j < L; ++j) z += sp[j];
+        const T inv = T(1) / z;
+        // the row's max and 1 / sum let the backward recompute exactly the forward's probabilities
+        stats[2 * (n * L + i)] = m;
+        stats[2 * (n * L + i) + 1] = inv;
+        T* out = sv + (n * L + i) * E;
+        for (int64_t e = 0; e < E; ++e) out[e] = dot(s.data(), vt + e * L, L) * inv;
+        if (in.positional) {
+          T* oute = sve + (n * L + i) * E;
+          for (int64_t e = 0; e < E; ++e) oute[e] = dot(s.data(), in.rv + (e * L + i) * L, L) * inv;
+        }
+      }
+    }
+  });
+}
+
+template <typename T>
+void backward_impl(const Inputs<T>& in, int64_t N, const T* stats, const T* dsv, const T* dsve, T* dq1, T* dkt,
+                   T* dq2, T* dk3t, T* dvt, T* drq, T* dwk, T* drv, int64_t chunks) {
+  const int64_t L = in.L, D = in.D, E = in.E;
+  const int64_t table = L * L;
+  // one chunk of sequences per table-gradient buffer (not per thread id, which nested or inline calls do not bound)
+  at::parallel_for(0, chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
+    for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
+      T* drq_t = in.positional ? drq + chunk * D * table : nullptr;
+      T* dwk_t = in.positional ? dwk + chunk * D * table : nullptr;
+      T* drv_t = in.positional ? drv + chunk * E * table : nullptr;
+      std::vector<T> p(L), da(L);
+      const int64_t begin = N * chunk / chunks, end = N * (chunk + 1) / chunks;
+      for (int64_t n = begin; n < end; ++n) {
+        const T* vt = in.vt + n * E * L;
+        const T* kt = in.kt + n * D * L;
+        const T* q1 = in.q1 + n * L * D;
+        T* dkt_n = dkt + n * D * L;
+        T* dvt_n = dvt + n * E * L;
+        for (int64_t i = 0; i < L; ++i) {
+          row_logits(in, n, i, p.data());
+          const T m = stats[2 * (n * L + i)], inv = stats[2 * (n * L + i) + 1];
+          T* pp = p.data();
+#pragma omp simd
+          for (int64_t j = 0; j < L; ++j) pp[j] = exp_nonpositive(pp[j] - m) * inv;
+          const T* g = dsv + (n * L + i) * E;
+          for (int64_t e = 0; e < E; ++e) {
+            const T ge = g[e];
+            const T* ve = vt + e * L;
+            T* dve = dvt_n + e * L;
+            T* dap = da.data();
+            if (e == 0) {  // assign rather than zero-fill first (see row_logits)
+#pragma omp simd
+              for (int64_t j = 0; j < L; ++j) {
+                dap[j] = ge * ve[j];
+                dve[j] += pp[j] * ge;
+              }
+            } else {
+#pragma omp simd
+              for (int64_t j = 0; j < L; ++j) {
+                dap[j] += ge * ve[j];
+                dve[j] += pp[j] * ge;
+              }
+            }
+          }
+          if (in.positional) {
+            const T* ge_pos = dsve + (n * L + i) * E;
+            for (int64_t e = 0; e < E; ++e) {
+              const T ge = ge_pos[e];
+              const T* r = in.rv + (e * L + i) * L;
+              T* dr = drv_t + (e * L + i) * L;
+#pragma omp simd
+              for (int64_t j = 0; j < L; ++j) {
+                da[j] += ge * r[j];
+                dr[j] += p[j] * ge;
+              }
+            }
+          }
+          // softmax backward: ds = p * (da - sum_j p da), kept in da
+          const T delta = dot(p.data(), da.data(), L);
+#pragma omp simd
+          for (int64_t j = 0; j < L; ++j) da[j] = p[j] * (da[j] - delta);
+          const T* ds = da.data();
+          for (int64_t c = 0; c < D; ++c) {
+            const T* kc = kt + c * L;
+            dq1[(n * L + i) * D + c] = dot(ds, kc, L);
+            const T a = q1[i * D + c];
+            T* dkc = dkt_n + c * L;
+#pragma omp simd
+            for (int64_t j = 0; j < L; ++j) dkc[j] += ds[j] * a;
+          }
+          if (in.positional) {
+            const T* q2 = in.q2 + (n * L + i) * D;
+            const T* k3t = in.k3t + n * D * L;
+            T* dk3t_n = dk3t + n * D * L;
+            for (int64_t c = 0; c < D; ++c) {
+              const T* r = in.rq + (c * L + i) * L;
+              const T* w = in.wk + (c * L + i) * L;
+              const T* kc = k3t + c * L;
+              dq2[(n * L + i) * D + c] = dot(ds, r, L);
+              const T b = q2[c];
+              T* dr = drq_t + (c * L + i) * L;
+              T* dw = dwk_t + (c * L + i) * L;
+              T* dkc = dk3t_n + c * L;
+#pragma omp simd
+              for (int64_t j = 0; j < L; ++j) {
+                dr[j] += ds[j] * b;
+                dw[j] += ds[j] * kc[j];
+                dkc[j] += ds[j] * w[j];
+              }
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+void check(const torch::Tensor& t, const char* name, int64_t dim) {
+  TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor");
+  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
+  TORCH_CHECK(t.dim() == dim, name, " must have ", dim, " dimensions, got ", t.dim());
+}
+
+}  // namespace
+
+std::vector<torch::Tensor> attention_forward(torch::Tensor q1, torch::Tensor kt, torch::Tensor q2, torch::Tensor k3t,
+                                             torch::Tensor vt, torch::Tensor rq, torch::Tensor wk, torch::Tensor rv,
+                                             bool positional) {
+  check(q1, "q1", 3);
+  check(kt, "kt", 3);
+  check(vt, "vt", 3);
+  if (positional) {
+    check(q2, "q2", 3);
+    check(k3t, "k3t", 3);
+    check(rq, "rq", 3);
+    check(wk, "wk", 3);
+    check(rv, "rv", 3);
+  }
+  const int64_t N = q1.size(0), L = q1.size(1), E = vt.size(1);
+  auto sv = torch::empty({N, L, E}, q1.options());
+  auto sve = torch::empty({N, L, positional ? E : 0}, q1.options());
+  auto stats = torch::empty({N, L, 2}, q1.options());
+  AT_DISPATCH_FLOATING_TYPES(q1.scalar_type(), "medt_attention_forward", [&] {
+    auto in = make_inputs<scalar_t>(q1, kt, q2, k3t, vt, rq, wk, rv, positional);
+    forward_impl<scalar_t>(in, N, sv.data_ptr<scalar_t>(), positional ? sve.data_ptr<scalar_t>() : nullptr,
+                           stats.data_ptr<scalar_t>());
+  });
+  return {sv, sve, stats};
+}
+
+std::vector<torch::Tensor> attention_backward(torch::Tensor q1, torch::Tensor kt, torch::Tensor q2,
+                                              torch::Tensor k3t, torch::Tensor vt, torch::Tensor rq,
+                                              torch::Tensor wk, torch::Tensor rv, bool positional, torch::Tensor stats,
+                                              torch::Tensor dsv, torch::Tensor dsve) {
+  check(dsv, "dsv", 3);
+  check(stats, "stats", 3);
+  if (positional) check(dsve, "dsve", 3);
+  const int64_t N = q1.size(0), L = q1.size(1), D = q1.size(2), E = vt.size(1);
+  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), N));
+  auto dq1 = torch::empty_like(q1);
+  auto dkt = torch::zeros_like(kt);
+  auto dvt = torch::zeros_like(vt);
+  torch::Tensor dq2, dk3t, drq, dwk, drv;
+  if (positional) {
+    dq2 = torch::empty_like(q2);
+    dk3t = torch::zeros_like(k3t);
+    drq = torch::zeros({chunks, D, L, L}, q1.options());
+    dwk = torch::zeros({chunks, D, L, L}, q1.options());
+    drv = torch::zeros({chunks, E, L, L}, q1.options());
+  }
+  AT_DISPATCH_FLOATING_TYPES(q1.scalar_type(), "medt_attention_backward", [&] {
+    auto in = make_inputs<scalar_t>(q1, kt, q2, k3t, vt, rq, wk, rv, positional);
+    auto ptr = [&](torch::Tensor& t) { return positional ? t.data_ptr<scalar_t>() : nullptr; };
+    backward_impl<scalar_t>(in, N, stats.data_ptr<scalar_t>(), dsv.data_ptr<scalar_t>(),
+                            positional ? dsve.data_ptr<scalar_t>() : nullptr, dq1.data_ptr<scalar_t>(),
+                            dkt.data_ptr<scalar_t>(), ptr(dq2), ptr(dk3t), dvt.data_ptr<scalar_t>(), ptr(drq),
+                            ptr(dwk), ptr(drv), chunks);
+  });
+  if (!positional) return {dq1, dkt, dvt};
+  return {dq1, dkt, dvt, dq2, dk3t, drq.sum(0), dwk.sum(0), drv.sum(0)};
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("forward", &attention_forward, "MedT relative axial attention, fused forward (CPU)");
+  m.def("backward", &attention_backward, "MedT relative axial attention, fused backward (CPU)");
+}

@@ -1,0 +1,146 @@
+# Copyright (c) monai-medt contributors
+# Licensed under the Apache License, Version 2.0 (the "License"); see the LICENSE file.
+"""The fused CPU attention kernel against the PyTorch implementation of the same math, and its fallback."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import pytest
+import torch
+
+from monai_medt.networks.blocks import GatedAxialAttention
+from monai_medt.networks.blocks import cpu_kernel as kernel_module
+from monai_medt.networks.blocks.attention_core import relative_attention
+from monai_medt.networks.blocks.cpu_kernel import KERNEL_ENV, cpu_kernel, fused_relative_attention
+
+
+@pytest.fixture
+def kernel():
+    if os.environ.get(KERNEL_ENV) == "0":
+        pytest.skip(f"{KERNEL_ENV}=0 disables the fused CPU kernel")
+    module = cpu_kernel()
+    assert module is not None, "the fused CPU attention kernel did not build (see the warning above)"
+    return module
+
+
+def _inputs(n: int, length: int, qk_dim: int, head_dim: int, dtype: torch.dtype, scale: float = 1.0):
+    def make(*shape):
+        return (torch.randn(*shape, dtype=dtype) * scale).requires_grad_(True)
+
+    # the key-position table arrives as a transposed view in the layers; the kernel must accept any strides
+    wk = (torch.randn(qk_dim, length, length, dtype=dtype) * scale).transpose(1, 2).detach().requires_grad_(True)
+    return [
+        make(n, length, qk_dim),  # q1
+        make(n, length, qk_dim),  # k
+        make(n, length, qk_dim),  # q2
+        make(qk_dim, length, length),  # rq
+        make(n, length, qk_dim),  # k3
+        wk,
+        make(n, length, head_dim),  # v
+        make(head_dim, length, length),  # rv
+    ]
+
+
+def _outputs_and_gradients(outputs, inputs, weights):
+    """The outputs, then the gradients of sum(outputs * weights) for every input (None where unused)."""
+    loss = sum((t * w.to(t.dtype)).sum() for t, w in zip(outputs, weights))
+    return list(outputs) + list(torch.autograd.grad(loss, inputs, allow_unused=True))
+
+
+@pytest.mark.parametrize("positional", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_fused_matches_pytorch_values_and_gradients(kernel, positional, dtype):
+    """Outputs and all eight input gradients against the PyTorch implementation evaluated in float64."""
+    inputs = _inputs(7, 11, 2, 4, torch.float64, scale=2.0)  # 7 sequences: uneven split over the threads' chunks
+    expected = relative_attention(*inputs, positional, 3)
+    weights = [torch.randn_like(t) for t in expected]
+    expected = _outputs_and_gradients(expected, inputs, weights)
+    cast = [t.detach().to(dtype).requires_grad_(True) for t in inputs]
+    result = _outputs_and_gradients(fused_relative_attention(*cast, positional), cast, weights)
+    names = ["sv", "sve", "q1", "k", "q2", "rq", "k3", "wk", "v", "rv"]
+    for name, got, want in zip(names, result, expected):
+        if want is None:  # position inputs of the non-positional variant
+            assert got is None, name
+            continue
+        assert got.shape == want.shape, name
+        # float32: the logits reach ~50 here, so the attention carries ~1e-6 relative error (as in PyTorch's softmax)
+        scale = float(want.detach().abs().max()) if want.numel() else 1.0
+        atol = 1e-12 if dtype == torch.float64 else 2e-6 * scale
+        torch.testing.assert_close(got.double(), want, atol=atol, rtol=0, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_fused_gradcheck(kernel):
+    inputs = _inputs(3, 5, 1, 2, torch.float64)
+    assert torch.autograd.gradcheck(lambda *a: fused_relative_attention(*a, True), inputs)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fused_independent_of_thread_count(kernel, threads):
+    """The position-table gradients are summed from per-chunk buffers: the sum must not depend on the split."""
+    inputs = _inputs(9, 16, 2, 4, torch.float64)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = fused_relative_attention(*inputs, True)
+        grads = torch.autograd.grad(out[0].sum() + 2 * out[1].sum(), inputs)
+    finally:
+        torch.set_num_threads(previous)
+    expected = relative_attention(*inputs, True, 9)
+    want = torch.autograd.grad(expected[0].sum() + 2 * expected[1].sum(), inputs)
+    for got, ref in zip(grads, want):
+        torch.testing.assert_close(got, ref, atol=1e-12, rtol=1e-10)
+
+
+def test_softmax_of_large_logits(kernel):
+    """The kernel's exp is exact enough where the logits spread over hundreds (rows with one dominant key)."""
+    inputs = _inputs(4, 16, 2, 2, torch.float32, scale=6.0)
+    with torch.no_grad():
+        expected = relative_attention(*inputs, True, 4)
+        result = fused_relative_attention(*inputs, True)
+    torch.testing.assert_close(result[0], expected[0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(result[1], expected[1], atol=1e-4, rtol=1e-4)
+
+
+def test_layer_uses_kernel_and_matches_pytorch_path(kernel, monkeypatch):
+    """A training step of a gated layer gives the same output and gradients with and without the kernel."""
+    calls = []
+    original = kernel_module.FusedRelativeAttentionFunction.apply
+
+    def counting_apply(*args):
+        calls.append(1)
+        return original(*args)
+
+    monkeypatch.setattr(kernel_module.FusedRelativeAttentionFunction, "apply", counting_apply)
+    x = torch.randn(2, 8, 16, 12)
+    results = []
+    for setting in ("1", "0"):
+        monkeypatch.setenv(KERNEL_ENV, setting)
+        torch.manual_seed(3)
+        layer = GatedAxialAttention(8, 16, kernel_size=16, num_heads=4, learnable_gates=True).train()
+        xi = x.clone().requires_grad_(True)
+        out = layer(xi)
+        out.pow(2).sum().backward()
+        results.append([out, xi.grad] + [p.grad for p in layer.parameters() if p.grad is not None])
+    assert len(calls) == 1, "the kernel must run when enabled and only then"
+    for got, want in zip(*results):
+        # float32 with different summation orders: the gate gradients sum over every position (rtol 1e-3); the floor
+        # covers the output-norm shift, whose gradient is zero up to rounding (~1e-5 beside gradients of ~100-1000)
+        torch.testing.assert_close(got, want, atol=max(1e-5 * float(want.abs().max()), 1e-4), rtol=1e-3)
+
+
+def test_build_failure_falls_back_with_a_warning(monkeypatch):
+    def broken_build():
+        raise OSError("no C++ compiler")
+
+    monkeypatch.setattr(kernel_module, "_state", {})
+    monkeypatch.setattr(kernel_module, "_build", broken_build)
+    monkeypatch.delenv(KERNEL_ENV, raising=False)
+    with pytest.warns(UserWarning, match="could not be built.*no C\\+\\+ compiler"):
+        assert cpu_kernel() is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the failure is reported once, not at every layer call
+        assert cpu_kernel() is None
+        layer = GatedAxialAttention(8, 8, kernel_size=8, num_heads=2)
+        assert layer(torch.randn(1, 8, 8, 8)).shape == (1, 8, 8, 8)
