@@ -19,7 +19,7 @@ from types import ModuleType
 
 import torch
 
-__all__ = ["cpu_kernel", "FusedRelativeAttentionFunction", "fused_relative_attention", "KERNEL_ENV"]
+__all__ = ["KERNEL_ENV", "FusedRelativeAttentionFunction", "cpu_kernel", "fused_relative_attention"]
 
 KERNEL_ENV = "MONAI_MEDT_CPU_KERNEL"
 _SOURCE = os.path.join(os.path.dirname(__file__), "csrc", "relative_attention_cpu.cpp")
@@ -46,7 +46,7 @@ def cpu_kernel() -> ModuleType | None:
         kernel = None
         try:
             kernel = _build()
-        except Exception as e:  # no compiler, headers or write access: fall back, but say so once
+        except Exception as e:  # noqa: BLE001 -- no compiler, headers, ninja or write access: fall back, say so once
             warnings.warn(
                 f"monai_medt: the fused CPU attention kernel could not be built ({type(e).__name__}: {e}); using "
                 f"the PyTorch implementation, which is several times slower. Set {KERNEL_ENV}=0 to skip the build.",
