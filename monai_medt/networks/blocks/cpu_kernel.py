@@ -6,14 +6,20 @@ Optional fused CPU kernel of the relative axial attention (``csrc/relative_atten
 It computes exactly :func:`monai_medt.networks.blocks.attention_core.relative_attention` and its gradients, one query
 row at a time, so that the (N, L, L) logit and attention maps never leave the cache. It is compiled with the system's
 C++ compiler by :func:`torch.utils.cpp_extension.load` the first time a CPU attention layer runs (about a minute, then
-cached under ``TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``). Where no compiler is available the
+cached under ``$TORCH_EXTENSIONS_DIR/monai_medt``, by default ``~/.cache/torch_extensions/monai_medt``, one library per
+source, flags, torch and Python version). Where no compiler is available the
 build fails once with a warning and the layers use the PyTorch implementation. ``MONAI_MEDT_CPU_KERNEL=0`` skips the
 kernel altogether.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import os
+import shutil
+import sys
+import tempfile
 import warnings
 from types import ModuleType
 
@@ -26,7 +32,21 @@ _SOURCE = os.path.join(os.path.dirname(__file__), "csrc", "relative_attention_cp
 _state: dict[str, ModuleType | None] = {}
 
 
+def _load_built(name: str, path: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _build() -> ModuleType:
+    """
+    Load the kernel from the cache, or compile it into a private temporary folder and move the library into the cache
+    atomically. ``torch.utils.cpp_extension.load`` alone holds a lock file in a shared build folder for every process
+    that loads the module; a process killed meanwhile (a served model, a DDP rank) leaves the lock behind and every
+    later process waits on it forever. Here nothing waits: concurrent first builds each compile and the last rename
+    wins (same bytes).
+    """
     from torch.utils.cpp_extension import load
 
     flags = ["-O3", "-fopenmp"]
@@ -35,7 +55,25 @@ def _build() -> ModuleType:
     if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
         flags += ["-mavx2", "-mfma"]
         name += "_avx2"
-    return load(name=name, sources=[_SOURCE], extra_cflags=flags, extra_ldflags=["-fopenmp"], verbose=False)
+    with open(_SOURCE, "rb") as f:
+        key = hashlib.sha256(f.read())
+    key.update(" ".join([*flags, torch.__version__, sys.version, sys.platform]).encode())
+    root = os.path.join(os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.expanduser("~/.cache/torch_extensions"))
+    cache_dir = os.path.join(root, "monai_medt")
+    library = os.path.join(cache_dir, f"{name}-{key.hexdigest()[:16]}.so")
+    if os.path.exists(library):
+        return _load_built(name, library)
+    os.makedirs(cache_dir, exist_ok=True)
+    build_dir = tempfile.mkdtemp(prefix=f"{name}-build-", dir=cache_dir)
+    try:
+        module = load(
+            name=name, sources=[_SOURCE], extra_cflags=flags, extra_ldflags=["-fopenmp"], build_directory=build_dir,
+            verbose=False,
+        )
+        os.replace(os.path.join(build_dir, f"{name}.so"), library)
+    finally:
+        shutil.rmtree(build_dir, ignore_errors=True)
+    return module
 
 
 def cpu_kernel() -> ModuleType | None:
