@@ -5,6 +5,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -144,3 +146,20 @@ def test_build_failure_falls_back_with_a_warning(monkeypatch):
         assert cpu_kernel() is None
         layer = GatedAxialAttention(8, 8, kernel_size=8, num_heads=2)
         assert layer(torch.randn(1, 8, 8, 8)).shape == (1, 8, 8, 8)
+
+
+def test_built_library_loads_without_the_build_tool(kernel):
+    """A cached build is imported directly: no compiler run and no shared lock file that a killed process could leave."""
+    code = (
+        "import torch.utils.cpp_extension as c\n"
+        "def no_build(*a, **k):\n"
+        "    raise AssertionError('cpp_extension.load called although the library is cached')\n"
+        "c.load = no_build\n"
+        "from monai_medt.networks.blocks.cpu_kernel import _build\n"
+        "print(_build().__file__)\n"
+    )
+    # a fresh process: the fixture's process may hold the module from its build folder
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    path = proc.stdout.strip().splitlines()[-1]
+    assert os.path.basename(os.path.dirname(path)) == "monai_medt" and "-build-" not in path, path
