@@ -58,7 +58,7 @@ def _build() -> ModuleType:
     with open(_SOURCE, "rb") as f:
         key = hashlib.sha256(f.read())
     key.update(" ".join([*flags, torch.__version__, sys.version, sys.platform]).encode())
-    root = os.path.join(os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.expanduser("~/.cache/torch_extensions"))
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.expanduser("~/.cache/torch_extensions")
     cache_dir = os.path.join(root, "monai_medt")
     library = os.path.join(cache_dir, f"{name}-{key.hexdigest()[:16]}.so")
     if os.path.exists(library):
