@@ -85,6 +85,24 @@ def test_matches_reference(axis, gate_position, train, stride, attention_backend
     torch.testing.assert_close(out, expected, atol=2e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("axis", ["height", "width"])
+def test_eval_gradients_match_reference(axis):
+    """Eval mode folds both batch norms into the projection and the output map; gradients still flow (saliency)."""
+    layer = GatedAxialAttention(8, 16, kernel_size=12 if axis == "height" else 10, num_heads=4, axis=axis,
+                                gate_position="after_norm", gate_init=(0.3, -0.7, 1.3, 0.5), learnable_gates=True)
+    _randomise_norms(layer)
+    layer.eval()
+    x = torch.randn(2, 8, 12, 10, requires_grad=True)
+    grads = []
+    for forward in (layer, lambda t: reference_attention(layer, t, False)):
+        layer.zero_grad()
+        x.grad = None
+        forward(x).pow(2).sum().backward()
+        grads.append((x.grad.clone(), layer.qkv.weight.grad.clone(), layer.gates.grad.clone()))
+    for got, expected in zip(*grads):
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
 def test_ungated_equals_unit_gates():
     torch.manual_seed(1)
     plain = AxialAttention(8, 16, kernel_size=8, num_heads=4, axis="width")

@@ -77,10 +77,60 @@ class _AxialAttentionBase(nn.Module):
         self.pool = Pool[Pool.AVG, 2](kernel_size=stride, stride=stride) if stride > 1 else nn.Identity()
         nn.init.normal_(self.qkv.weight, 0.0, (1.0 / in_channels) ** 0.5)
 
+    def _fuse_eval(self) -> bool:
+        """
+        Whether the inference-only fusions apply: eval mode with running statistics, eager (TorchScript, tracing and
+        ONNX keep the plain modules). Both batch norms are then per-channel affine maps and are folded away.
+        """
+        if self.training or torch.jit.is_tracing():
+            return False
+        return self.qkv_norm.running_var is not None and self.out_norm.running_var is not None
+
+    @staticmethod
+    def _affine(norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale, shift) of an eval-mode batch norm with running statistics."""
+        scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+        return scale, norm.bias - norm.running_mean * scale
+
+    @torch.jit.unused
+    def _project_eval(self, x: torch.Tensor) -> torch.Tensor:
+        """qkv projection with its batch norm folded into the 1x1 convolution (one pass over the map instead of two)."""
+        scale, shift = self._affine(self.qkv_norm)
+        return nn.functional.conv2d(x, self.qkv.weight * scale.view(-1, 1, 1, 1), shift)
+
+    @torch.jit.unused
+    def _to_map_eval(self, terms: list[torch.Tensor], b: int, h: int, w: int, gates: torch.Tensor | None) -> torch.Tensor:
+        """
+        Eval-mode ``out_norm`` and sum of the ``terms`` (each (B*O*G, L, d)), written straight into a (B, C, H, W) map:
+        one strided pass per term instead of stack, layout copy, batch norm and sum. ``gates`` scale the normalised
+        terms (``gate_position="after_norm"``).
+        """
+        count = len(terms)
+        heads, d = self.num_heads, self.head_dim
+        scale, shift = self._affine(self.out_norm)
+        scale, shift = scale.view(self.out_channels, count), shift.view(self.out_channels, count)
+        if gates is not None:
+            scale, shift = scale * gates, shift * gates
+        out = terms[0].new_empty((b, self.out_channels, h, w))
+        out_view = out.view(b, heads, d, h, w)
+        # in-place ops on a fresh map stay differentiable (saliency maps and test-time adaptation take eval gradients)
+        out_view.copy_(shift.sum(1).view(1, heads, d, 1, 1).expand_as(out_view))
+        for t, term in enumerate(terms):
+            if self.axis == "height":
+                term_view = term.view(b, w, heads, h, d).permute(0, 2, 4, 3, 1)
+            else:
+                term_view = term.view(b, h, heads, w, d).permute(0, 2, 4, 1, 3)
+            out_view.addcmul_(term_view, scale[:, t].view(1, heads, d, 1, 1))
+        return out
+
     def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return q, k of shape (B*O*G, L, qk_dim) and v of shape (B*O*G, L, head_dim); O is the other axis."""
         b, _, h, w = x.shape
-        qkv = self.qkv_norm(self.qkv(x)).view(b, self.num_heads, 2 * self.head_dim, h, w)
+        if torch.jit.is_scripting():  # TorchScript compiles only this branch
+            qkv = self.qkv_norm(self.qkv(x))
+        else:
+            qkv = self._project_eval(x) if self._fuse_eval() else self.qkv_norm(self.qkv(x))
+        qkv = qkv.view(b, self.num_heads, 2 * self.head_dim, h, w)
         if self.axis == "height":
             qkv = qkv.permute(0, 4, 1, 3, 2)  # (B, W, G, H, 2d)
             length = h
@@ -287,6 +337,10 @@ class AxialAttention(_AxialAttentionBase):
         q2 = (qh * scales[1].view(1, heads, 1, 1)).view(n, length, qk_dim)
         k3 = (k.reshape(rows, heads, length, qk_dim) * scales[2].view(1, heads, 1, 1)).view(n, length, qk_dim)
         sv, sve = self._attend(q1, k, q2, rq, k3, wk, v, rv, True)
+        if not torch.jit.is_scripting():
+            if self._fuse_eval():
+                after = gates[2:] if self.gate_after_norm else None
+                return self.pool(self._to_map_eval([sv.to(x.dtype), sve.to(x.dtype)], b, h, w, after))
         out = self.out_norm(self._to_map(torch.stack([sv, sve], dim=-1).to(x.dtype), b, h, w, 2))
         out = out.view(b, self.out_channels, 2, h, w)
         if self.gate_after_norm:
@@ -414,5 +468,8 @@ class AxialAttentionNoPos(_AxialAttentionBase):
         q1 = (q.view(rows, heads, length, qk_dim) * scale[0].view(1, heads, 1, 1)).view(n, length, qk_dim)
         empty = q1.new_zeros((0, length, length))
         sv, _ = self._attend(q1, k, q1, empty, q1, empty, v, empty, False)
+        if not torch.jit.is_scripting():
+            if self._fuse_eval():
+                return self.pool(self._to_map_eval([sv.to(x.dtype)], b, h, w, None))
         out = self.out_norm(self._to_map(sv.to(x.dtype).unsqueeze(-1), b, h, w, 1))
         return self.pool(out)
