@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # One lent-GPU session (the device machine: python3 with CUDA torch, no MONAI, no network), ~9.5 minutes:
 #   1. GlaS paper-recipe training through the bundle (scripts/glas_cache.py, cache made here by `export`), in
-#      parallel until TRAIN_S: MedT fp32 eager, MedT fp32 torch.compile(mode="reduce-overhead") (a probe: it failed
-#      at the second step on 2026-11-28), gated axial U-Net, axial U-Net; plus a 2-epoch MedT run with --amp true
+#      parallel until TRAIN_S: MedT fp32 eager, gated axial U-Net, axial U-Net; plus a 2-epoch MedT run with --amp true
 #      under torchrun + multi_gpu_train.json (DDP, NCCL, one process).
 #   2. Throughput and peak memory (benchmarks/bench_networks.py) at 128 and 256, fp32 vs bf16 autocast.
 # Needs in the working tree (git-ignored, carried): .devcache/glas128.pt and .whl/ (monai, pytorch-ignite wheels):
@@ -40,8 +39,12 @@ train() {  # name, then extra args for glas_cache.py train
 }
 resume() { [ -n "${1:-}" ] && echo "--set resume_ckpt=$1"; }
 train medt --set amp=false $(resume "${MEDT_RESUME:-}") & pids="$!"
-train medt_compiled --set train#trainer#compile=true \
-    --set 'train#trainer#compile_kwargs={"mode": "reduce-overhead"}' & pids="$pids $!"
+(   # does a compiled training step give eager's gradients on this torch + GPU? (CPU inductor: all zero)
+    stamp "start compile_gradients"
+    timeout 300 python3 scripts/check_compile_gradients.py --model MedT --size 128 --batch 4 --device cuda \
+        > $R/compile_gradients.log 2>&1
+    stamp "end compile_gradients rc=$?"
+) & pids="$pids $!"
 train gated_axial_unet --set amp=false --set network_def#_target_=monai_medt.networks.nets.GatedAxialUNet \
     $(resume "${GAUNET_RESUME:-}") & pids="$pids $!"
 train axial_unet --set amp=false --set network_def#_target_=monai_medt.networks.nets.AxialUNet \
@@ -55,7 +58,7 @@ train axial_unet --set amp=false --set network_def#_target_=monai_medt.networks.
 ) & pids="$pids $!"
 sleep 60; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv
 wait $pids  # not a bare wait: bash would also wait for the tee above
-for f in $R/*.log; do echo "== $f"; grep -E "Epoch\[[0-9]+\] Complete|best value|Error|error" "$f" | tail -4; done
+for f in $R/*.log; do echo "== $f"; grep -E "Epoch\[[0-9]+\] Complete|best value|Error|error|gradients" "$f" | tail -4; done
 
 # pack: logs, events, best model of every run, last checkpoint while the total stays under ~56 MB
 python3 - <<'EOF'
@@ -63,7 +66,7 @@ import glob, os, tarfile
 R = "/tmp/runs"
 files = glob.glob(f"{R}/*.log") + glob.glob(f"{R}/*/eval/*") + glob.glob(f"{R}/*/models/model.pt")
 total = sum(os.path.getsize(f) for f in files)
-for name in ("medt", "medt_compiled", "gated_axial_unet", "axial_unet"):
+for name in ("medt", "gated_axial_unet", "axial_unet"):
     for ck in glob.glob(f"{R}/{name}/models/checkpoint_epoch=*.pt"):
         if total + os.path.getsize(ck) < 56e6:
             files.append(ck); total += os.path.getsize(ck)
