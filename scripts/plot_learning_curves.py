@@ -50,9 +50,9 @@ def main() -> None:
         steps, loss = scalars["train_loss"]
         epochs = (steps - 1) // args.iters_per_epoch + 1
         per_epoch = [loss[epochs == e].mean() for e in np.unique(epochs)]
-        ax_loss.plot(np.unique(epochs), per_epoch, label=name)
-        if "val_mean_dice" in scalars:
-            ax_dice.plot(*scalars["val_mean_dice"], marker=".", label=name)
+        (line,) = ax_loss.plot(np.unique(epochs), per_epoch, label=name)
+        if "val_mean_dice" in scalars:  # same colour per run in both panels
+            ax_dice.plot(*scalars["val_mean_dice"], marker=".", label=name, color=line.get_color())
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="training loss (mean per epoch)")
     ax_dice.set(xlabel="epoch", ylabel="mean Dice (gland)", title="validation Dice (held-out training images)")
     ax_dice.set_ylim(0, 1)
