@@ -116,10 +116,7 @@ class _AxialAttentionBase(nn.Module):
         # in-place ops on a fresh map stay differentiable (saliency maps and test-time adaptation take eval gradients)
         out_view.copy_(shift.sum(1).view(1, heads, d, 1, 1).expand_as(out_view))
         for t, term in enumerate(terms):
-            if self.axis == "height":
-                term_view = term.view(b, w, heads, h, d).permute(0, 2, 4, 3, 1)
-            else:
-                term_view = term.view(b, h, heads, w, d).permute(0, 2, 4, 1, 3)
+            term_view = self._map_view(term, b, h, w, 1)[:, :, :, 0]
             out_view.addcmul_(term_view, scale[:, t].view(1, heads, d, 1, 1))
         return out
 
@@ -141,13 +138,15 @@ class _AxialAttentionBase(nn.Module):
         q, k, v = torch.split(qkv, [self.qk_dim, self.qk_dim, self.head_dim], dim=-1)
         return q, k, v
 
+    def _map_view(self, out: torch.Tensor, b: int, h: int, w: int, terms: int) -> torch.Tensor:
+        """(B*O*G, L, d, terms) viewed (no copy) as (B, G, d, terms, H, W): the sequence layout seen in map order."""
+        if self.axis == "height":
+            return out.view(b, w, self.num_heads, h, self.head_dim, terms).permute(0, 2, 4, 5, 3, 1)
+        return out.view(b, h, self.num_heads, w, self.head_dim, terms).permute(0, 2, 4, 5, 1, 3)
+
     def _to_map(self, out: torch.Tensor, b: int, h: int, w: int, terms: int) -> torch.Tensor:
         """(B*O*G, L, d, terms) -> (B, out_channels * terms, H, W) with channel index (g * d + c) * terms + t."""
-        if self.axis == "height":
-            out = out.view(b, w, self.num_heads, h, self.head_dim, terms).permute(0, 2, 4, 5, 3, 1)
-        else:
-            out = out.view(b, h, self.num_heads, w, self.head_dim, terms).permute(0, 2, 4, 5, 1, 3)
-        return out.reshape(b, self.out_channels * terms, h, w)
+        return self._map_view(out, b, h, w, terms).reshape(b, self.out_channels * terms, h, w)
 
     def _check_length(self, x: torch.Tensor, length: int) -> None:
         size = x.shape[2] if self.axis == "height" else x.shape[3]
