@@ -20,6 +20,7 @@ from monai.utils import look_up_option
 from monai_medt.networks.blocks import attention_core
 from monai_medt.networks.blocks.attention_core import RelativeAttentionFunction, chunk_rows, relative_attention
 from monai_medt.networks.blocks.cpu_kernel import cpu_kernel, fused_relative_attention
+from monai_medt.networks.blocks.logit_moments import logit_moments, logit_moments_reference
 
 __all__ = ["AxialAttention", "GatedAxialAttention", "AxialAttentionNoPos", "AXES", "GATE_POSITIONS", "GATE_NAMES"]
 
@@ -29,14 +30,6 @@ GATE_POSITIONS = ("before_norm", "after_norm")
 GATE_NAMES = ("query_position", "key_position", "value_content", "value_position")
 # official initial values (query-pos, key-pos, value content, value-pos)
 DEFAULT_GATE_INIT = (0.1, 0.1, 1.0, 0.1)
-
-
-def _content_moments(q: torch.Tensor, k: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """E[X] and E[X^2] per head of X[r, g, i, j] = q[r, g, i] . k[r, g, j], for q, k of shape (R, G, L, c)."""
-    mean = (q.sum(2) * k.sum(2)).sum((0, 2)) / count
-    gram_q = torch.matmul(q.transpose(2, 3), q)
-    gram_k = torch.matmul(k.transpose(2, 3), k)
-    return mean, (gram_q * gram_k).sum((0, 2, 3)) / count
 
 
 class _AxialAttentionBase(nn.Module):
@@ -209,20 +202,40 @@ class _AxialAttentionBase(nn.Module):
                 return relative_attention(q1, k, q2, rq, k3, wk, v, rv, positional, rows)
             return RelativeAttentionFunction.apply(q1, k, q2, rq, k3, wk, v, rv, positional, rows)
 
-    def _fold_logit_norm(
-        self, means: list[torch.Tensor], squares: list[torch.Tensor], count: int, terms: int
-    ) -> torch.Tensor:
+    def _logit_moments(
+        self, q: torch.Tensor, k: torch.Tensor, rq: torch.Tensor | None, wk: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch E[X] and E[X^2] (terms, heads) of the logit terms; empty where the running statistics are used."""
+        if not self.training and self.logit_norm.running_var is not None:
+            return q.new_empty(0), q.new_empty(0)
+        n, length, qk_dim = q.shape
+        q4 = q.reshape(n // self.num_heads, self.num_heads, length, qk_dim)
+        k4 = k.reshape(n // self.num_heads, self.num_heads, length, qk_dim)
+        if torch.jit.is_scripting():
+            return logit_moments_reference(q4, k4, rq, wk)
+        return self._logit_moments_eager(q4, k4, rq, wk)
+
+    @torch.jit.unused
+    def _logit_moments_eager(
+        self, q: torch.Tensor, k: torch.Tensor, rq: torch.Tensor | None, wk: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return logit_moments_reference(q, k, rq, wk)
+        return logit_moments(q, k, rq, wk)
+
+    def _fold_logit_norm(self, means: torch.Tensor, squares: torch.Tensor, count: int, terms: int) -> torch.Tensor:
         """
         Per-(term, head) scale of the logit batch norm, (terms, heads). Its shift is constant along each softmax row
         and cancels, so only the scale is needed. In training the batch moments come from the analytic ``means`` and
-        ``squares`` (E[X] and E[X^2] of each term, float64) and the running statistics are updated as BatchNorm does.
+        ``squares`` (E[X] and E[X^2] of each term and head, float64) and the running statistics are updated as
+        BatchNorm does.
         """
         norm = self.logit_norm
         weight = norm.weight
         eps = norm.eps
         if self.training or norm.running_var is None:
-            mean = torch.cat(means)
-            var = (torch.cat(squares) - mean * mean).clamp_min(0.0)
+            mean = means.reshape(-1)
+            var = (squares.reshape(-1) - mean * mean).clamp_min(0.0)
             if self.training and norm.running_mean is not None and norm.running_var is not None:
                 norm.num_batches_tracked.add_(1)
                 momentum = norm.momentum
@@ -327,7 +340,7 @@ class AxialAttention(_AxialAttentionBase):
             wk = wk * gates[1]
             v = v * gates[2]
             rv = rv * gates[3]
-        means, squares = self._logit_moments(q, k, rq, wk, heads)
+        means, squares = self._logit_moments(q, k, rq, wk)
         scales = self._fold_logit_norm(means, squares, rows * length * length, 3)
         if self.gate_after_norm:
             scales = scales * torch.stack([torch.ones_like(gates[0]), gates[0], gates[1]]).view(3, 1)
@@ -346,31 +359,6 @@ class AxialAttention(_AxialAttentionBase):
         if self.gate_after_norm:
             out = out * gates[2:].view(1, 1, 2, 1, 1)
         return self.pool(out.sum(dim=2))
-
-    def _logit_moments(
-        self, q: torch.Tensor, k: torch.Tensor, rq: torch.Tensor, wk: torch.Tensor, heads: int
-    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """E[X] and E[X^2] per head of the content, query-position and key-position logits, from small tensors."""
-        if not self.training:
-            return [], []
-        n, length, qk_dim = q.shape
-        count = (n // heads) * length * length
-        qd = q.double().reshape(n // heads, heads, length, qk_dim)
-        kd = k.double().reshape(n // heads, heads, length, qk_dim)
-        rqd, wkd = rq.double(), wk.double()
-        # content: sum_ij q_i.k_j = (sum_i q).(sum_j k); sum_ij (q_i.k_j)^2 = <q^T q, k^T k> per sequence and head
-        mean_qk, sq_qk = _content_moments(qd, kd, count)
-        # query-position: X[i, j] = q_i . rq[:, i, j]; moments from sum_r q q^T (per head and i) and sum_j rq rq^T
-        mean_qr = (qd.sum(0) * rqd.sum(2).t()).sum((1, 2)) / count
-        pq = torch.matmul(qd.permute(1, 2, 3, 0), qd.permute(1, 2, 0, 3))  # (G, L, c, c')
-        rr = torch.matmul(rqd.permute(1, 0, 2), rqd.permute(1, 2, 0))  # (L_i, c, c')
-        sq_qr = (pq * rr).sum((1, 2, 3)) / count
-        # key-position: X[i, j] = k_j . wk[:, i, j]
-        mean_kr = (kd.sum(0) * wkd.sum(1).t()).sum((1, 2)) / count
-        pk = torch.matmul(kd.permute(1, 2, 3, 0), kd.permute(1, 2, 0, 3))  # (G, L_j, c, c')
-        rw = torch.matmul(wkd.permute(2, 0, 1), wkd.permute(2, 1, 0))  # (L_j, c, c')
-        sq_kr = (pk * rw).sum((1, 2, 3)) / count
-        return [mean_qk, mean_qr, mean_kr], [sq_qk, sq_qr, sq_kr]
 
 
 class GatedAxialAttention(AxialAttention):
@@ -456,14 +444,7 @@ class AxialAttentionNoPos(_AxialAttentionBase):
         n, length, qk_dim = q.shape
         heads = self.num_heads
         rows = n // heads
-        means: list[torch.Tensor] = []
-        squares: list[torch.Tensor] = []
-        if self.training:
-            qd = q.double().reshape(rows, heads, length, qk_dim)
-            kd = k.double().reshape(rows, heads, length, qk_dim)
-            mean, square = _content_moments(qd, kd, rows * length * length)
-            means.append(mean)
-            squares.append(square)
+        means, squares = self._logit_moments(q, k, None, None)
         scale = self._fold_logit_norm(means, squares, rows * length * length, 1)
         q1 = (q.view(rows, heads, length, qk_dim) * scale[0].view(1, heads, 1, 1)).view(n, length, qk_dim)
         empty = q1.new_zeros((0, length, length))

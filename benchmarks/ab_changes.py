@@ -1,0 +1,116 @@
+# Copyright (c) monai-medt contributors
+# Licensed under the Apache License, Version 2.0 (the "License"); see the LICENSE file.
+"""
+Throughput of a network with and without one of the speed changes, alternating the two in one process so that both
+see the same machine state: on a shared host, runs minutes apart differ by more than these changes gain.
+
+- ``eval-fusion``: the attention layers' eval-mode folding (batch norms folded into the projection and the output
+  map) against the plain modules; timed on eval forwards.
+- ``logit-moments``: the logit batch-norm moments with the closed-form backward (``LogitMomentsFunction``) against
+  autograd through the same float64 formula (``logit_moments_reference``); timed on train steps (forward,
+  cross-entropy, backward, Adam).
+
+    python benchmarks/ab_changes.py --change eval-fusion --model MedT --threads 1 --rounds 6
+    python benchmarks/ab_changes.py --change logit-moments --model MedT --threads 1 --rounds 6
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from monai_medt.networks import nets
+from monai_medt.networks.blocks import axial_attention, logit_moments
+
+
+def switch(change: str) -> Callable[[bool], None]:
+    """A function that turns ``change`` on (True) or off (False) for every attention layer."""
+    if change == "eval-fusion":
+        base = axial_attention._AxialAttentionBase
+        folded = base._fuse_eval
+
+        def use(on: bool) -> None:
+            base._fuse_eval = folded if on else (lambda self: False)
+
+    else:
+
+        def use(on: bool) -> None:
+            axial_attention.logit_moments = (
+                logit_moments.logit_moments if on else logit_moments.logit_moments_reference
+            )
+
+    return use
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--change", default="eval-fusion", choices=["eval-fusion", "logit-moments"])
+    parser.add_argument("--model", default="MedT", choices=["MedT", "LoGo", "GatedAxialUNet", "AxialUNet"])
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=6, help="alternations; each times the best of 3 iterations")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    train = args.change == "logit-moments"
+    net = getattr(nets, args.model)(in_channels=3, out_channels=2, img_size=args.size).train(train)
+    optimizer = torch.optim.Adam(net.parameters(), 1e-3)
+    x = torch.rand(args.batch, 3, args.size, args.size)
+    y = torch.randint(0, 2, (args.batch, args.size, args.size))
+    use = switch(args.change)
+
+    def outputs() -> list[torch.Tensor]:
+        """Eval logits, or the parameter gradients of one train step (compared before timing)."""
+        if not train:
+            with torch.no_grad():
+                return [net(x)]
+        net.zero_grad()
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        return [p.grad.clone() for p in net.parameters() if p.grad is not None]
+
+    def iteration() -> None:
+        if not train:
+            with torch.no_grad():
+                net(x)
+            return
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        optimizer.step()
+
+    def best_of_three() -> float:
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            iteration()
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    use(False)
+    before = outputs()
+    use(True)
+    diff = max((a - b).abs().max().item() for a, b in zip(outputs(), before))
+    seconds: dict[str, list[float]] = {"without": [], "with": []}
+    for _ in range(args.rounds):
+        for name, values in seconds.items():
+            use(name == "with")
+            values.append(best_of_three())
+    use(True)
+    compared = "gradients" if train else "eval logits"
+    print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} thread(s), "
+          f"{args.model} {args.size}x{args.size}, batch {args.batch}, {args.change}; max |with - without| over "
+          f"{compared} {diff:.1e}")
+    for name, values in seconds.items():
+        median = statistics.median(values)
+        mode = "train" if train else "eval"
+        print(f"{name:7s} {mode} {args.batch / median:6.2f} img/s (median of {args.rounds} rounds)")
+
+
+if __name__ == "__main__":
+    main()

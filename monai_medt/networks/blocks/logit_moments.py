@@ -1,0 +1,159 @@
+# Copyright (c) monai-medt contributors
+# Licensed under the Apache License, Version 2.0 (the "License"); see the LICENSE file.
+"""
+Batch moments of the axial-attention logit maps, computed from the small tensors that produce them.
+
+For query / key channels ``q[r, g, i]``, ``k[r, g, j]`` (``r`` sequences per head, ``g`` heads, ``i, j`` positions) and
+the gathered position embeddings ``rq[:, i, j]``, ``wk[:, i, j]``, the three logit terms of a head are::
+
+    content         X[r, i, j] = q[r, i] . k[r, j]
+    query-position  X[r, i, j] = q[r, i] . rq[:, i, j]
+    key-position    X[r, i, j] = k[r, j] . wk[:, i, j]
+
+Their means and mean squares over ``(r, i, j)`` (what a training-mode batch norm of the maps needs) follow from sums,
+Gram matrices and per-position second moments of ``q`` and ``k``, without the ``(R, L, L)`` maps. They are computed in
+float64: the variance is the difference of two such sums. The backward is written out: the plain autograd graph of
+these products is a few dozen batched matmuls of 1-8 channels and strided gradient sums, which cost more than the
+forward.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["LogitMomentsFunction", "logit_moments", "logit_moments_reference"]
+
+
+def logit_moments_reference(
+    q: torch.Tensor, k: torch.Tensor, rq: torch.Tensor | None, wk: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    The same moments as :func:`logit_moments` with ordinary differentiable ops (TorchScript and tests use it).
+
+    Args:
+        q, k: (R, G, L, c) query and key channels.
+        rq, wk: (c, L, L) query / key position embeddings indexed [c, i, j], or both None for the content term only.
+
+    Returns:
+        means and mean squares, each (terms, G) float64, terms being 3 (content, query-, key-position) or 1.
+    """
+    r, _, length, _ = q.shape
+    count = r * length * length
+    qd, kd = q.double(), k.double()
+    # content: sum_ij q_i.k_j = (sum_i q).(sum_j k); sum_ij (q_i.k_j)^2 = <q^T q, k^T k> per sequence and head
+    means = [(qd.sum(2) * kd.sum(2)).sum((0, 2))]
+    squares = [(torch.matmul(qd.transpose(2, 3), qd) * torch.matmul(kd.transpose(2, 3), kd)).sum((0, 2, 3))]
+    if rq is not None and wk is not None:
+        rqd, wkd = rq.double(), wk.double()
+        # query-position: moments from sum_r q q^T (per head and i) and sum_j rq rq^T (per i)
+        means.append((qd.sum(0) * rqd.sum(2).t()).sum((1, 2)))
+        pq = torch.matmul(qd.permute(1, 2, 3, 0), qd.permute(1, 2, 0, 3))  # (G, L, c, c')
+        squares.append((pq * torch.matmul(rqd.permute(1, 0, 2), rqd.permute(1, 2, 0))).sum((1, 2, 3)))
+        # key-position: the same with k, j and wk
+        means.append((kd.sum(0) * wkd.sum(1).t()).sum((1, 2)))
+        pk = torch.matmul(kd.permute(1, 2, 3, 0), kd.permute(1, 2, 0, 3))  # (G, L_j, c, c')
+        squares.append((pk * torch.matmul(wkd.permute(2, 0, 1), wkd.permute(2, 1, 0))).sum((1, 2, 3)))
+    return torch.stack(means) / count, torch.stack(squares) / count
+
+
+def _second_moments(x: torch.Tensor) -> torch.Tensor:
+    """sum_r x x^T per head and position: (R, G, L, c) -> (G, L, c, c)."""
+    xp = x.permute(1, 2, 3, 0).contiguous()
+    return torch.matmul(xp, xp.transpose(2, 3))
+
+
+def _table_gram(table: torch.Tensor, axis: int) -> torch.Tensor:
+    """sum over the other position of t t^T per position along ``axis`` (1 or 2) of a (c, L, L) table: (L, c, c)."""
+    t = table.permute(axis, 0, 3 - axis)  # (L_axis, c, L_other)
+    return torch.matmul(t, t.transpose(1, 2))
+
+
+def _apply_symmetric(x: torch.Tensor, per_sequence: torch.Tensor, per_position: torch.Tensor | None) -> torch.Tensor:
+    """
+    out[r, g, i] = (per_sequence[r, g] + per_position[g, i]) @ x[r, g, i] for symmetric (c, c) blocks, as one
+    broadcast multiply-add per channel: the batched matmuls it replaces have inner sizes of 1-8.
+    """
+    out = torch.zeros_like(x)
+    for b in range(x.shape[-1]):
+        xb = x[..., b : b + 1]
+        out.addcmul_(per_sequence[:, :, None, :, b], xb)
+        if per_position is not None:
+            out.addcmul_(per_position[None, :, :, :, b], xb)
+    return out
+
+
+class LogitMomentsFunction(torch.autograd.Function):
+    """Autograd function of :func:`logit_moments` with the closed-form backward (float64 throughout)."""
+
+    @staticmethod
+    def forward(ctx, q, k, rq, wk):  # type: ignore[override]
+        r, _, length, _ = q.shape
+        count = r * length * length
+        qd, kd = q.double(), k.double()
+        qsum, ksum = qd.sum(2), kd.sum(2)  # (R, G, c)
+        gram_q = torch.matmul(qd.transpose(2, 3), qd)  # (R, G, c, c)
+        gram_k = torch.matmul(kd.transpose(2, 3), kd)
+        means = [(qsum * ksum).sum((0, 2))]
+        squares = [(gram_q * gram_k).sum((0, 2, 3))]
+        positional = rq is not None
+        saved = [qd, kd, qsum, ksum, gram_q, gram_k]
+        if positional:
+            rqd, wkd = rq.double(), wk.double()
+            rq_sum, wk_sum = rqd.sum(2), wkd.sum(1)  # (c, L_i), (c, L_j)
+            q_pos, k_pos = qd.sum(0), kd.sum(0)  # (G, L, c)
+            mom_q, mom_k = _second_moments(qd), _second_moments(kd)  # (G, L, c, c)
+            gram_rq, gram_wk = _table_gram(rqd, 1), _table_gram(wkd, 2)  # (L, c, c)
+            means += [(q_pos * rq_sum.t()).sum((1, 2)), (k_pos * wk_sum.t()).sum((1, 2))]
+            squares += [(mom_q * gram_rq).sum((1, 2, 3)), (mom_k * gram_wk).sum((1, 2, 3))]
+            saved += [rqd, wkd, rq_sum, wk_sum, q_pos, k_pos, mom_q, mom_k, gram_rq, gram_wk]
+        ctx.save_for_backward(*saved)
+        ctx.positional = positional
+        ctx.count = count
+        ctx.dtypes = (q.dtype, k.dtype, rq.dtype if positional else None, wk.dtype if positional else None)
+        return torch.stack(means) / count, torch.stack(squares) / count
+
+    @staticmethod
+    def backward(ctx, grad_means, grad_squares):  # type: ignore[override]
+        qd, kd, qsum, ksum, gram_q, gram_k, *pos = ctx.saved_tensors
+        gm = grad_means.double() / ctx.count  # (terms, G)
+        gs = 2.0 * grad_squares.double() / ctx.count  # d(x^T M x) = 2 M x for symmetric M
+        mat_q = gs[0].view(1, -1, 1, 1) * gram_k  # d/dq of the content square, per sequence
+        mat_k = gs[0].view(1, -1, 1, 1) * gram_q
+        lin_q = (gm[0].view(1, -1, 1) * ksum)[:, :, None]  # (R, G, 1, c)
+        lin_k = (gm[0].view(1, -1, 1) * qsum)[:, :, None]
+        if not ctx.positional:
+            dq = _apply_symmetric(qd, mat_q, None).add_(lin_q)
+            dk = _apply_symmetric(kd, mat_k, None).add_(lin_k)
+            return dq.to(ctx.dtypes[0]), dk.to(ctx.dtypes[1]), None, None
+        rqd, wkd, rq_sum, wk_sum, q_pos, k_pos, mom_q, mom_k, gram_rq, gram_wk = pos
+        pos_q = gs[1].view(-1, 1, 1, 1) * gram_rq  # (G, L, c, c): d/dq of the query-position square
+        pos_k = gs[2].view(-1, 1, 1, 1) * gram_wk
+        dq = _apply_symmetric(qd, mat_q, pos_q).add_(lin_q).add_((gm[1].view(-1, 1, 1) * rq_sum.t())[None])
+        dk = _apply_symmetric(kd, mat_k, pos_k).add_(lin_k).add_((gm[2].view(-1, 1, 1) * wk_sum.t())[None])
+        # tables: the means give sum_g gm[g] q_pos[g, i, c] along j; the squares 2 (sum_g gs[g] mom[g, i]) @ rq[:, i, j]
+        m_q = (gs[1].view(-1, 1, 1, 1) * mom_q).sum(0)  # (L_i, c, c)
+        m_k = (gs[2].view(-1, 1, 1, 1) * mom_k).sum(0)  # (L_j, c, c)
+        drq = torch.matmul(m_q, rqd.permute(1, 0, 2)).permute(1, 0, 2)  # (c, L_i, L_j)
+        drq = drq + (gm[1].view(-1, 1, 1) * q_pos).sum(0).t()[:, :, None]
+        dwk = torch.matmul(m_k, wkd.permute(2, 0, 1)).permute(1, 2, 0)  # (c, L_i, L_j)
+        dwk = dwk + (gm[2].view(-1, 1, 1) * k_pos).sum(0).t()[:, None, :]
+        return dq.to(ctx.dtypes[0]), dk.to(ctx.dtypes[1]), drq.to(ctx.dtypes[2]), dwk.to(ctx.dtypes[3])
+
+
+def logit_moments(
+    q: torch.Tensor, k: torch.Tensor, rq: torch.Tensor | None = None, wk: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    Means and mean squares per head of the content logits ``q_i . k_j`` and, where ``rq`` and ``wk`` are given, of
+    the query-position and key-position logits, over all sequences and position pairs.
+
+    Args:
+        q, k: (R, G, L, c) query and key channels (R sequences per head, G heads, L positions, c channels).
+        rq, wk: (c, L, L) query / key position embeddings indexed [c, i, j], or both None for the content term only.
+
+    Returns:
+        means and mean squares, each (terms, G) float64, terms being 3 (content, query-, key-position) or 1.
+    """
+    if (rq is None) != (wk is None):
+        raise ValueError("rq and wk must be given together (position terms) or both be None (content only).")
+    return LogitMomentsFunction.apply(q, k, rq, wk)

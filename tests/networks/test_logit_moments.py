@@ -1,0 +1,62 @@
+# Copyright (c) monai-medt contributors
+# Licensed under the Apache License, Version 2.0 (the "License"); see the LICENSE file.
+"""The analytic logit moments against the materialised logit maps, and their hand-written backward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from monai_medt.networks.blocks.logit_moments import logit_moments, logit_moments_reference
+
+
+def _inputs(channels: int, length: int = 5, dtype: torch.dtype = torch.float64) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(channels)
+    shapes = [(3, 2, length, channels)] * 2 + [(channels, length, length)] * 2
+    # a shared offset makes the mean large next to the spread, where E[X^2] - E[X]^2 cancels
+    return [(torch.randn(s, generator=g) + 1.5).to(dtype).requires_grad_() for s in shapes]
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_moments_equal_materialised_maps(channels):
+    q, k, rq, wk = _inputs(channels)
+    maps = torch.stack(
+        [
+            torch.einsum("rgic,rgjc->rgij", q, k),
+            torch.einsum("rgic,cij->rgij", q, rq),
+            torch.einsum("rgjc,cij->rgij", k, wk),
+        ]
+    )  # (term, R, G, L, L)
+    means, squares = logit_moments(q, k, rq, wk)
+    torch.testing.assert_close(means, maps.mean((1, 3, 4)), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(squares, (maps**2).mean((1, 3, 4)), rtol=1e-12, atol=1e-12)
+    content_mean, content_square = logit_moments(q, k)
+    assert content_mean.shape == (1, 2)
+    torch.testing.assert_close(content_square[0], squares[0], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_backward_is_the_derivative(channels):
+    q, k, rq, wk = _inputs(channels)
+    assert torch.autograd.gradcheck(logit_moments, (q, k, rq, wk))
+    assert torch.autograd.gradcheck(logit_moments, (q, k))
+
+
+def test_float32_inputs_match_autograd_reference():
+    # the network passes float32 tensors: same values and float32 gradients as autograd through the float64 formula
+    inputs = _inputs(2, length=7, dtype=torch.float32)
+    weights = torch.randn(2, 3, 2, dtype=torch.float64)  # an arbitrary upstream gradient for each output
+    grads = []
+    for fn in (logit_moments, logit_moments_reference):
+        means, squares = fn(*inputs)
+        grads.append(torch.autograd.grad((means * weights[0] + squares * weights[1]).sum(), inputs))
+        assert means.dtype == torch.float64
+    for fused, reference in zip(*grads):
+        assert fused.dtype == torch.float32
+        torch.testing.assert_close(fused, reference, rtol=1e-6, atol=1e-6)
+
+
+def test_position_tables_given_together():
+    q, k, rq, _ = _inputs(1)
+    with pytest.raises(ValueError, match="rq and wk"):
+        logit_moments(q, k, rq, None)
