@@ -4,7 +4,8 @@
 Preset MONAI ``Compose`` pipelines for MedT on histology images and clinical CT / MR volumes (used by the bundles).
 
 - ``"histology"`` (2D RGB, e.g. GlaS / MoNuSeg): intensities 0..255 -> 0..1 with no mean/std normalisation and binary
-  masks, as the official code; resize to ``img_size`` (the paper resizes offline); training adds a horizontal flip.
+  masks, as the official code; resize to ``img_size`` (the paper resizes offline); training adds a horizontal flip
+  (and, with ``strong=True``, vertical flips, 90-degree turns, a random affine and colour jitter).
 - ``"ct"`` (3D): RAS orientation, in-plane spacing ``pixdim``, HU window ``window`` -> 0..1; training samples
   foreground-biased 2D slices of ``img_size`` (RandCropByPosNegLabeld with a [H, W, 1] size, then SqueezeDimd);
   validation / inference keep whole volumes for SliceInferer.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+import numpy as np
 from monai.transforms import (
     Compose,
     EnsureChannelFirstd,
@@ -23,8 +25,13 @@ from monai.transforms import (
     LoadImaged,
     NormalizeIntensityd,
     Orientationd,
+    RandAdjustContrastd,
+    RandAffined,
     RandCropByPosNegLabeld,
     RandFlipd,
+    RandRotate90d,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
     Resized,
     ScaleIntensityRanged,
     Spacingd,
@@ -74,6 +81,7 @@ def get_transforms(
     num_samples: int = 4,
     flip: bool = True,
     resize: bool = True,
+    strong: bool = False,
 ) -> Compose:
     """
     Build a preset pipeline.
@@ -92,6 +100,11 @@ def get_transforms(
         flip: random horizontal flip (p = 0.5) in training, as the official code since 2021-07. Defaults to True.
         resize: histology: resize images to ``img_size`` (the paper's scale; invert it with ``Invertd`` to get
             full-resolution masks). False keeps the native scale for a sliding-window inferer. Defaults to True.
+        strong: histology training only: add the augmentations that the paper's recipe lacks (an option beyond the
+            paper): vertical flip, random 90-degree turns, a random affine (any rotation, scale +-10 %, reflected
+            borders, nearest-neighbour masks) and colour jitter (contrast gamma 0.7-1.5, per-channel scale +-10 % and
+            shift +-0.05). GlaS glands have no canonical orientation, and staining varies between slides.
+            Defaults to False.
 
     Example::
 
@@ -100,6 +113,8 @@ def get_transforms(
     """
     preset = look_up_option(preset, PRESETS)
     mode = look_up_option(mode, MODES)
+    if strong and preset != "histology":
+        raise ValueError(f"strong augmentation is defined for the histology preset only, got preset {preset!r}.")
     size = ensure_tuple_rep(img_size, 2)
     keys = [image_key] if mode == "infer" else [image_key, label_key]
     xforms: list = [LoadImaged(keys, image_only=True), EnsureChannelFirstd(keys)]
@@ -115,6 +130,22 @@ def get_transforms(
         if mode == "train" and flip:
             # MONAI loads 2D images as (C, W, H): spatial axis 0 is the image's horizontal axis
             xforms.append(RandFlipd(keys, prob=0.5, spatial_axis=0))
+        if mode == "train" and strong:
+            xforms += [
+                RandFlipd(keys, prob=0.5, spatial_axis=1),
+                RandRotate90d(keys, prob=0.5, max_k=3),
+                RandAffined(
+                    keys,
+                    prob=0.5,
+                    rotate_range=np.pi,
+                    scale_range=(0.1, 0.1),
+                    mode=["bilinear", "nearest"],
+                    padding_mode="reflection",
+                ),
+                RandAdjustContrastd(image_key, prob=0.3, gamma=(0.7, 1.5)),
+                RandScaleIntensityd(image_key, factors=0.1, prob=0.5, channel_wise=True),
+                RandShiftIntensityd(image_key, offsets=0.05, prob=0.5, channel_wise=True),
+            ]
     else:
         xforms.append(CheckImaged(image_key, channels=in_channels, spatial_dims=3))
         if mode != "infer":

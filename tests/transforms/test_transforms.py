@@ -105,6 +105,31 @@ def test_histology_pair_mismatch_named(tmp_path):
     _raises(r"mask .*a_mask.png is not binary: values \[7\]", get_transforms("histology", "val"), item)
 
 
+def test_histology_strong_augmentation_keeps_pairs_aligned(tmp_path):
+    # an asymmetric binary pattern whose label is the image itself: every spatial draw must move both the same way
+    mask = np.zeros((64, 48), np.uint8)
+    mask[5:30, 8:20] = 255
+    mask[40:60, 25:45] = 255
+    Image.fromarray(np.repeat(mask[..., None], 3, axis=2)).save(tmp_path / "a.png")
+    Image.fromarray(mask).save(tmp_path / "a_mask.png")
+    item = {"image": str(tmp_path / "a.png"), "label": str(tmp_path / "a_mask.png")}
+    plain = get_transforms("histology", "val", img_size=32)(item)["label"][0]
+    tf = get_transforms("histology", "train", img_size=32, strong=True)
+    tf.set_random_state(0)
+    moved = 0
+    for _ in range(12):
+        out = tf(item)
+        image, label = out["image"], out["label"][0]
+        assert image.shape == (3, 32, 32) and set(torch.unique(label).tolist()) <= {0.0, 1.0}
+        # colour jitter keeps foreground and background apart; bilinear edges are the only disagreement
+        assert float(((image[0] > 0.5).float() == label).float().mean()) > 0.93
+        # neither the plain mask nor its horizontal flip (the paper's only augmentation): a new geometry
+        moved += not (torch.equal(label, plain) or torch.equal(label, plain.flip(0)))
+    assert moved >= 6
+    with pytest.raises(ValueError, match="histology preset only"):
+        get_transforms("ct", "train", strong=True)
+
+
 @pytest.mark.parametrize(
     "image, label",
     [
