@@ -219,6 +219,7 @@ class _AxialAttentionBase(nn.Module):
     def _logit_moments_eager(
         self, q: torch.Tensor, k: torch.Tensor, rq: torch.Tensor | None, wk: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        # a saved trace cannot hold a Python autograd Function; the compiler differentiates the plain formula itself
         if torch.jit.is_tracing() or torch.compiler.is_compiling():
             return logit_moments_reference(q, k, rq, wk)
         return logit_moments(q, k, rq, wk)
