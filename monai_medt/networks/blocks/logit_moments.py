@@ -24,6 +24,18 @@ import torch
 __all__ = ["LogitMomentsFunction", "logit_moments", "logit_moments_reference"]
 
 
+def _second_moments(x: torch.Tensor) -> torch.Tensor:
+    """sum_r x x^T per head and position: (R, G, L, c) -> (G, L, c, c)."""
+    xp = x.permute(1, 2, 3, 0).contiguous()
+    return torch.matmul(xp, xp.transpose(2, 3))
+
+
+def _table_gram(table: torch.Tensor, axis: int) -> torch.Tensor:
+    """sum over the other position of t t^T per position along ``axis`` (1 or 2) of a (c, L, L) table: (L, c, c)."""
+    t = table.permute(axis, 0, 3 - axis)  # (L_axis, c, L_other)
+    return torch.matmul(t, t.transpose(1, 2))
+
+
 def logit_moments_reference(
     q: torch.Tensor, k: torch.Tensor, rq: torch.Tensor | None, wk: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -47,25 +59,11 @@ def logit_moments_reference(
         rqd, wkd = rq.double(), wk.double()
         # query-position: moments from sum_r q q^T (per head and i) and sum_j rq rq^T (per i)
         means.append((qd.sum(0) * rqd.sum(2).t()).sum((1, 2)))
-        pq = torch.matmul(qd.permute(1, 2, 3, 0), qd.permute(1, 2, 0, 3))  # (G, L, c, c')
-        squares.append((pq * torch.matmul(rqd.permute(1, 0, 2), rqd.permute(1, 2, 0))).sum((1, 2, 3)))
+        squares.append((_second_moments(qd) * _table_gram(rqd, 1)).sum((1, 2, 3)))
         # key-position: the same with k, j and wk
         means.append((kd.sum(0) * wkd.sum(1).t()).sum((1, 2)))
-        pk = torch.matmul(kd.permute(1, 2, 3, 0), kd.permute(1, 2, 0, 3))  # (G, L_j, c, c')
-        squares.append((pk * torch.matmul(wkd.permute(2, 0, 1), wkd.permute(2, 1, 0))).sum((1, 2, 3)))
+        squares.append((_second_moments(kd) * _table_gram(wkd, 2)).sum((1, 2, 3)))
     return torch.stack(means) / count, torch.stack(squares) / count
-
-
-def _second_moments(x: torch.Tensor) -> torch.Tensor:
-    """sum_r x x^T per head and position: (R, G, L, c) -> (G, L, c, c)."""
-    xp = x.permute(1, 2, 3, 0).contiguous()
-    return torch.matmul(xp, xp.transpose(2, 3))
-
-
-def _table_gram(table: torch.Tensor, axis: int) -> torch.Tensor:
-    """sum over the other position of t t^T per position along ``axis`` (1 or 2) of a (c, L, L) table: (L, c, c)."""
-    t = table.permute(axis, 0, 3 - axis)  # (L_axis, c, L_other)
-    return torch.matmul(t, t.transpose(1, 2))
 
 
 def _apply_symmetric(x: torch.Tensor, per_sequence: torch.Tensor, per_position: torch.Tensor | None) -> torch.Tensor:
