@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from monai_medt.networks import gate_values, set_gates_trainable
 from monai_medt.networks.blocks.axial_attention import GatedAxialAttention
+from monai_medt.networks.blocks.stem import ConvStem
 from monai_medt.networks.nets import AxialUNet, GatedAxialUNet, LoGo, MedT
 
 VARIANTS = {"MedT": MedT, "LoGo": LoGo, "AxialUNet": AxialUNet, "GatedAxialUNet": GatedAxialUNet}
@@ -189,6 +190,21 @@ def test_paper_options_change_the_model():
     assert "fusion.weight" in official.state_dict() and "fusion.weight" not in paper.state_dict()
     learnable = MedT(3, 2, img_size=64, patch_grid=2, learnable_gates=True)
     assert all(p.requires_grad for n, p in learnable.named_parameters() if not n.endswith("logit_norm.bias"))
+
+
+def test_stem_runs_channels_last_in_cpu_inference_only():
+    torch.manual_seed(0)
+    stem = ConvStem(3, 16, 32).eval()
+    seen = []
+    stem.conv2.register_forward_hook(lambda m, args, out: seen.append(args[0].is_contiguous()))
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = stem.layers(x)
+        out = stem(x)
+    assert seen == [True, False]  # the inference forward hands the convs a channels-last tensor
+    assert out.is_contiguous() and torch.allclose(out, expected, atol=1e-6)
+    out = stem(x)  # with gradients: the caller's layout throughout
+    assert seen[-1] and torch.allclose(out, expected, atol=1e-6)
 
 
 @pytest.mark.parametrize("cls", [MedT, GatedAxialUNet])
