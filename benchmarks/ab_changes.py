@@ -9,9 +9,15 @@ see the same machine state: on a shared host, runs minutes apart differ by more 
 - ``logit-moments``: the logit batch-norm moments with the closed-form backward (``LogitMomentsFunction``) against
   autograd through the same float64 formula (``logit_moments_reference``); timed on train steps (forward,
   cross-entropy, backward, Adam).
+- ``channels-last-stem``: the conv stems' channels-last inference forward against their layers run in the input's
+  contiguous layout; timed on eval forwards.
+- ``inference-kernel``: the fused CPU kernel's eight-row float32 inference forward against its row-wise training
+  forward (the autograd function); timed on eval forwards.
 
     python benchmarks/ab_changes.py --change eval-fusion --model MedT --threads 1 --rounds 6
     python benchmarks/ab_changes.py --change logit-moments --model MedT --threads 1 --rounds 6
+    python benchmarks/ab_changes.py --change channels-last-stem --model MedT --threads 2 --rounds 6
+    python benchmarks/ab_changes.py --change inference-kernel --model MedT --threads 2 --rounds 6
 """
 
 from __future__ import annotations
@@ -25,7 +31,8 @@ from collections.abc import Callable
 import torch
 
 from monai_medt.networks import nets
-from monai_medt.networks.blocks import axial_attention, logit_moments
+from monai_medt.networks.blocks import axial_attention, cpu_kernel, logit_moments
+from monai_medt.networks.blocks.stem import ConvStem
 
 
 def switch(change: str) -> Callable[[bool], None]:
@@ -36,6 +43,21 @@ def switch(change: str) -> Callable[[bool], None]:
 
         def use(on: bool) -> None:
             base._fuse_eval = folded if on else (lambda self: False)
+
+    elif change == "channels-last-stem":
+        inference = ConvStem.forward
+
+        def use(on: bool) -> None:
+            ConvStem.forward = inference if on else ConvStem.layers
+
+    elif change == "inference-kernel":
+        blocked = axial_attention.fused_relative_attention
+
+        def row_wise(*args):  # the training forward, which also returns the softmax statistics for a backward
+            return cpu_kernel.FusedRelativeAttentionFunction.apply(*args)
+
+        def use(on: bool) -> None:
+            axial_attention.fused_relative_attention = blocked if on else row_wise
 
     else:
 
@@ -49,7 +71,8 @@ def switch(change: str) -> Callable[[bool], None]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--change", default="eval-fusion", choices=["eval-fusion", "logit-moments"])
+    changes = ["eval-fusion", "logit-moments", "channels-last-stem", "inference-kernel"]
+    parser.add_argument("--change", default="eval-fusion", choices=changes)
     parser.add_argument("--model", default="MedT", choices=["MedT", "LoGo", "GatedAxialUNet", "AxialUNet"])
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--batch", type=int, default=4)

@@ -15,7 +15,12 @@ import torch
 from monai_medt.networks.blocks import GatedAxialAttention
 from monai_medt.networks.blocks import cpu_kernel as kernel_module
 from monai_medt.networks.blocks.attention_core import relative_attention
-from monai_medt.networks.blocks.cpu_kernel import KERNEL_ENV, cpu_kernel, fused_relative_attention
+from monai_medt.networks.blocks.cpu_kernel import (
+    KERNEL_ENV,
+    FusedRelativeAttentionFunction,
+    cpu_kernel,
+    fused_relative_attention,
+)
 
 
 @pytest.fixture
@@ -51,11 +56,17 @@ def _outputs_and_gradients(outputs, inputs, weights):
     return list(outputs) + list(torch.autograd.grad(loss, inputs, allow_unused=True))
 
 
+# (sequences, length, qk channels, value channels): 7 sequences split unevenly over the threads' chunks; lengths
+# below, at and across the float forward's 8-row blocks; value channels in its groups of 4 with remainders 3, 2, 1
+SHAPES = [(7, 11, 2, 4), (5, 5, 3, 6), (3, 19, 1, 3), (2, 8, 2, 9)]
+
+
 @pytest.mark.parametrize("positional", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_fused_matches_pytorch_values_and_gradients(kernel, positional, dtype):
+@pytest.mark.parametrize("shape", SHAPES)
+def test_fused_matches_pytorch_values_and_gradients(kernel, positional, dtype, shape):
     """Outputs and all eight input gradients against the PyTorch implementation evaluated in float64."""
-    inputs = _inputs(7, 11, 2, 4, torch.float64, scale=2.0)  # 7 sequences: uneven split over the threads' chunks
+    inputs = _inputs(*shape, torch.float64, scale=2.0)
     expected = relative_attention(*inputs, positional, 3)
     weights = [torch.randn_like(t) for t in expected]
     expected = _outputs_and_gradients(expected, inputs, weights)
@@ -71,6 +82,25 @@ def test_fused_matches_pytorch_values_and_gradients(kernel, positional, dtype):
         scale = float(want.detach().abs().max()) if want.numel() else 1.0
         atol = 1e-12 if dtype == torch.float64 else 2e-6 * scale
         torch.testing.assert_close(got.double(), want, atol=atol, rtol=0, msg=lambda m, name=name: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("positional", [True, False])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_fused_inference_forward_matches_pytorch(kernel, positional, shape, monkeypatch):
+    """Without gradients the kernel's eight-row float32 forward runs, not the autograd function's row-wise one."""
+    inputs = [t.detach() for t in _inputs(*shape, torch.float64, scale=2.0)]
+    expected = relative_attention(*inputs, positional, 3)
+
+    def autograd_function(*args):
+        raise AssertionError("the autograd function ran for an inference call")
+
+    monkeypatch.setattr(FusedRelativeAttentionFunction, "apply", autograd_function)
+    with torch.no_grad():
+        result = fused_relative_attention(*[t.float() for t in inputs], positional)
+    for name, got, want in zip(["sv", "sve"], result, expected):
+        assert got.dtype == torch.float32 and got.shape == want.shape, name
+        scale = float(want.abs().max()) if want.numel() else 1.0
+        torch.testing.assert_close(got.double(), want, atol=2e-6 * scale, rtol=0, msg=lambda m, n=name: f"{n}: {m}")
 
 
 def test_fused_gradcheck(kernel):

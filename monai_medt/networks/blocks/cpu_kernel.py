@@ -4,7 +4,8 @@
 Optional fused CPU kernel of the relative axial attention (``csrc/relative_attention_cpu.cpp``).
 
 It computes exactly :func:`monai_medt.networks.blocks.attention_core.relative_attention` and its gradients, one query
-row at a time, so that the (N, L, L) logit and attention maps never leave the cache. It is compiled with the system's
+row at a time, so that the (N, L, L) logit and attention maps never leave the cache; inference without gradients
+takes a float32 forward that works on eight query rows at once (about twice as fast). It is compiled with the system's
 C++ compiler by :func:`torch.utils.cpp_extension.load` the first time a CPU attention layer runs (about a minute, then
 cached under ``$TORCH_EXTENSIONS_DIR/monai_medt``, by default ``~/.cache/torch_extensions/monai_medt``, one library per
 source, flags, torch and Python version). Where no compiler is available the
@@ -94,21 +95,23 @@ def cpu_kernel() -> ModuleType | None:
     return _state["kernel"]
 
 
+def _kernel_layout(q1, k, q2, rq, k3, wk, v, rv, positional: bool) -> list[torch.Tensor]:
+    """The kernel's argument order and layouts: keys and values channel-major, so that its loops over key positions
+    are unit-stride; empty tensors for the position inputs of the non-positional form."""
+    q1c, kt, vt = q1.contiguous(), k.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous()
+    if not positional:
+        empty = q1.new_empty(0)
+        return [q1c, kt, empty, empty, vt, empty, empty, empty]
+    return [q1c, kt, q2.contiguous(), k3.transpose(1, 2).contiguous(), vt, rq.contiguous(), wk.contiguous(), rv.contiguous()]
+
+
 class FusedRelativeAttentionFunction(torch.autograd.Function):
     """Autograd function of the fused kernel; it saves the small inputs and the max and 1 / sum of each softmax row."""
 
     @staticmethod
     def forward(ctx, q1, k, q2, rq, k3, wk, v, rv, positional: bool):  # type: ignore[override]
-        kernel = cpu_kernel()
-        # layouts of the kernel: keys and values channel-major so that its inner loops over key positions are unit-stride
-        inputs = [q1.contiguous(), k.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous()]
-        if positional:
-            inputs += [q2.contiguous(), k3.transpose(1, 2).contiguous(), rq.contiguous(), wk.contiguous()]
-            inputs += [rv.contiguous()]
-        else:
-            inputs += [q1.new_empty(0)] * 5
-        q1c, kt, vt, q2c, k3t, rqc, wkc, rvc = inputs
-        sv, sve, stats = kernel.forward(q1c, kt, q2c, k3t, vt, rqc, wkc, rvc, positional)
+        q1c, kt, q2c, k3t, vt, rqc, wkc, rvc = _kernel_layout(q1, k, q2, rq, k3, wk, v, rv, positional)
+        sv, sve, stats = cpu_kernel().forward(q1c, kt, q2c, k3t, vt, rqc, wkc, rvc, positional)
         ctx.save_for_backward(q1c, kt, q2c, k3t, vt, rqc, wkc, rvc, stats)
         ctx.positional = positional
         return sv, sve
@@ -143,5 +146,10 @@ def fused_relative_attention(
     fused CPU kernel, differentiable. Call :func:`cpu_kernel` first: this function assumes it returned a module.
     Float32 and float64 CPU tensors.
     """
-    sv, sve = FusedRelativeAttentionFunction.apply(q1, k, q2, rq, k3, wk, v, rv, positional)
+    inputs = (q1, k, q2, rq, k3, wk, v, rv)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
+        sv, sve = FusedRelativeAttentionFunction.apply(*inputs, positional)
+        return sv, sve
+    # inference: the kernel's faster float32 forward, which keeps no softmax statistics for a backward
+    sv, sve = cpu_kernel().inference(*_kernel_layout(*inputs, positional), positional)
     return sv, sve
