@@ -4,8 +4,9 @@
 Throughput of a network with and without one of the speed changes, alternating the two in one process so that both
 see the same machine state: on a shared host, runs minutes apart differ by more than these changes gain.
 
-- ``eval-fusion``: the attention layers' eval-mode folding (batch norms folded into the projection and the output
-  map) against the plain modules; timed on eval forwards.
+- ``eval-fusion``: the attention layers' eval-mode output fusion (output batch norm and sum of the two terms written
+  straight into the map) against the plain modules; timed on eval forwards. (Until ``conv-norm-fold`` it also
+  switched the projection's folded batch norm.)
 - ``logit-moments``: the logit batch-norm moments with the closed-form backward (``LogitMomentsFunction``) against
   autograd through the same float64 formula (``logit_moments_reference``); timed on train steps (forward,
   cross-entropy, backward, Adam).
@@ -13,11 +14,14 @@ see the same machine state: on a shared host, runs minutes apart differ by more 
   contiguous layout; timed on eval forwards.
 - ``inference-kernel``: the fused CPU kernel's eight-row float32 inference forward against its row-wise training
   forward (the autograd function); timed on eval forwards.
+- ``conv-norm-fold``: the eval-mode folding of batch norms into the convs before them (stems, blocks, attention
+  projections) against the conv and batch norm run one after the other; timed on eval forwards.
 
     python benchmarks/ab_changes.py --change eval-fusion --model MedT --threads 1 --rounds 6
     python benchmarks/ab_changes.py --change logit-moments --model MedT --threads 1 --rounds 6
     python benchmarks/ab_changes.py --change channels-last-stem --model MedT --threads 2 --rounds 6
     python benchmarks/ab_changes.py --change inference-kernel --model MedT --threads 2 --rounds 6
+    python benchmarks/ab_changes.py --change conv-norm-fold --model MedT --threads 2 --rounds 6
 """
 
 from __future__ import annotations
@@ -31,8 +35,7 @@ from collections.abc import Callable
 import torch
 
 from monai_medt.networks import nets
-from monai_medt.networks.blocks import axial_attention, cpu_kernel, logit_moments
-from monai_medt.networks.blocks.stem import ConvStem
+from monai_medt.networks.blocks import axial_attention, axial_block, conv_norm, cpu_kernel, logit_moments, stem
 
 
 def switch(change: str) -> Callable[[bool], None]:
@@ -45,10 +48,19 @@ def switch(change: str) -> Callable[[bool], None]:
             base._fuse_eval = folded if on else (lambda self: False)
 
     elif change == "channels-last-stem":
-        inference = ConvStem.forward
+        inference = stem.ConvStem.forward
 
         def use(on: bool) -> None:
-            ConvStem.forward = inference if on else ConvStem.layers
+            stem.ConvStem.forward = inference if on else stem.ConvStem.layers
+
+    elif change == "conv-norm-fold":
+
+        def unfolded(conv, norm, x):
+            return norm(conv(x))
+
+        def use(on: bool) -> None:
+            fold = conv_norm.conv_norm if on else unfolded
+            stem.conv_norm = axial_block.conv_norm = axial_attention.conv_norm = fold
 
     elif change == "inference-kernel":
         blocked = axial_attention.fused_relative_attention
@@ -71,7 +83,7 @@ def switch(change: str) -> Callable[[bool], None]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    changes = ["eval-fusion", "logit-moments", "channels-last-stem", "inference-kernel"]
+    changes = ["eval-fusion", "logit-moments", "channels-last-stem", "inference-kernel", "conv-norm-fold"]
     parser.add_argument("--change", default="eval-fusion", choices=changes)
     parser.add_argument("--model", default="MedT", choices=["MedT", "LoGo", "GatedAxialUNet", "AxialUNet"])
     parser.add_argument("--size", type=int, default=128)

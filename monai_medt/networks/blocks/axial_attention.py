@@ -19,6 +19,7 @@ from monai.utils import look_up_option
 
 from monai_medt.networks.blocks import attention_core
 from monai_medt.networks.blocks.attention_core import RelativeAttentionFunction, chunk_rows, relative_attention
+from monai_medt.networks.blocks.conv_norm import conv_norm
 from monai_medt.networks.blocks.cpu_kernel import cpu_kernel, fused_relative_attention
 from monai_medt.networks.blocks.logit_moments import logit_moments, logit_moments_reference
 
@@ -72,12 +73,13 @@ class _AxialAttentionBase(nn.Module):
 
     def _fuse_eval(self) -> bool:
         """
-        Whether the inference-only fusions apply: eval mode with running statistics, eager (TorchScript, tracing and
-        ONNX keep the plain modules). Both batch norms are then per-channel affine maps and are folded away.
+        Whether the output map's inference-only fusion applies: eval mode with running statistics, eager
+        (TorchScript, tracing and ONNX keep the plain modules). The output batch norm is then a per-channel affine map
+        and is folded into the sum of the two terms. (The projection's norm is folded by ``conv_norm``.)
         """
         if self.training or torch.jit.is_tracing():
             return False
-        return self.qkv_norm.running_var is not None and self.out_norm.running_var is not None
+        return self.out_norm.running_var is not None
 
     @staticmethod
     def _affine(norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,10 +88,9 @@ class _AxialAttentionBase(nn.Module):
         return scale, norm.bias - norm.running_mean * scale
 
     @torch.jit.unused
-    def _project_eval(self, x: torch.Tensor) -> torch.Tensor:
-        """qkv projection with its batch norm folded into the 1x1 convolution (one pass over the map instead of two)."""
-        scale, shift = self._affine(self.qkv_norm)
-        return nn.functional.conv2d(x, self.qkv.weight * scale.view(-1, 1, 1, 1), shift)
+    def _project_eager(self, x: torch.Tensor) -> torch.Tensor:
+        # in eval mode the batch norm is folded into the 1x1 convolution (one pass over the map instead of two)
+        return conv_norm(self.qkv, self.qkv_norm, x)
 
     @torch.jit.unused
     def _to_map_eval(self, terms: list[torch.Tensor], b: int, h: int, w: int, gates: torch.Tensor | None) -> torch.Tensor:
@@ -119,7 +120,7 @@ class _AxialAttentionBase(nn.Module):
         if torch.jit.is_scripting():  # TorchScript compiles only this branch
             qkv = self.qkv_norm(self.qkv(x))
         else:
-            qkv = self._project_eval(x) if self._fuse_eval() else self.qkv_norm(self.qkv(x))
+            qkv = self._project_eager(x)
         qkv = qkv.view(b, self.num_heads, 2 * self.head_dim, h, w)
         if self.axis == "height":
             qkv = qkv.permute(0, 4, 1, 3, 2)  # (B, W, G, H, 2d)

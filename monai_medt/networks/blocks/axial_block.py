@@ -21,6 +21,7 @@ from monai.networks.layers.factories import Conv, Norm
 from monai.utils import ensure_tuple_rep, look_up_option
 
 from monai_medt.networks.blocks.axial_attention import AxialAttention, AxialAttentionNoPos
+from monai_medt.networks.blocks.conv_norm import conv_norm
 
 __all__ = ["AxialBlock", "ATTENTION_TYPES", "make_axial_stage", "set_checkpointing"]
 
@@ -128,9 +129,20 @@ class AxialBlock(nn.Module):
         return checkpoint(self._forward, x, use_reentrant=False)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            return self._folded_forward(x)
         out = F.relu(self.norm_in(self.conv_in(x)))
         out = F.relu(self.attn_w(self.attn_h(out)))
         out = self.norm_out(self.conv_out(out))
+        return F.relu(out + self.shortcut(x))
+
+    @torch.jit.unused
+    def _folded_forward(self, x: torch.Tensor) -> torch.Tensor:
+        # eager: in eval mode the 1x1 convs' batch norms are folded into them (TorchScript cannot pass modules to a
+        # function)
+        out = F.relu(conv_norm(self.conv_in, self.norm_in, x))
+        out = F.relu(self.attn_w(self.attn_h(out)))
+        out = conv_norm(self.conv_out, self.norm_out, out)
         return F.relu(out + self.shortcut(x))
 
 

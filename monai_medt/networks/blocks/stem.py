@@ -17,6 +17,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.layers.factories import Conv, Norm
 
+from monai_medt.networks.blocks.conv_norm import conv_norm
+
 __all__ = ["ConvStem"]
 
 
@@ -57,6 +59,15 @@ class ConvStem(nn.Module):
 
     def layers(self, x: torch.Tensor) -> torch.Tensor:
         """The three conv-BN-ReLU layers, in the memory format of ``x``."""
+        if not torch.jit.is_scripting():
+            return self._folded_layers(x)
         x = F.relu(self.norm1(self.conv1(x)))
         x = F.relu(self.norm2(self.conv2(x)))
         return F.relu(self.norm3(self.conv3(x)))
+
+    @torch.jit.unused
+    def _folded_layers(self, x: torch.Tensor) -> torch.Tensor:
+        # eager: in eval mode each batch norm is folded into its conv (TorchScript cannot pass modules to a function)
+        x = F.relu(conv_norm(self.conv1, self.norm1, x))
+        x = F.relu(conv_norm(self.conv2, self.norm2, x))
+        return F.relu(conv_norm(self.conv3, self.norm3, x))

@@ -1,0 +1,39 @@
+# Copyright (c) monai-medt contributors
+# Licensed under the Apache License, Version 2.0 (the "License"); see the LICENSE file.
+"""A convolution followed by a batch norm, folded into one convolution in eval mode."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["conv_norm"]
+
+
+def conv_norm(conv: nn.Conv2d, norm: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+    """
+    ``norm(conv(x))``. Where the norm uses its running statistics (eval mode) it is an affine map per channel, so it
+    is folded into the convolution's weight and bias: one pass over the output instead of two. The folded weights are
+    computed on every call (a few thousand values), so they always follow the current parameters.
+
+    Args:
+        conv: a 2D convolution (zero padding).
+        norm: the batch norm of its output channels.
+        x: the convolution's input.
+
+    Examples::
+
+        >>> conv, norm = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8).eval()
+        >>> conv_norm(conv, norm, torch.rand(1, 3, 16, 16)).shape
+        torch.Size([1, 8, 16, 16])
+    """
+    mean, var, weight, bias = norm.running_mean, norm.running_var, norm.weight, norm.bias
+    if norm.training or mean is None or var is None or weight is None or bias is None:
+        return norm(conv(x))
+    scale = weight * torch.rsqrt(var + norm.eps)
+    shift = bias - mean * scale
+    if conv.bias is not None:
+        shift = shift + conv.bias * scale
+    folded = conv.weight * scale.reshape(-1, 1, 1, 1)
+    return F.conv2d(x, folded, shift, conv.stride, conv.padding, conv.dilation, conv.groups)
