@@ -194,8 +194,8 @@ inline void weighted_sums(const float* S, const float* vt, const float* rvt, int
   }
 }
 
-// Logits of the rows i0..i0+7 into S[j, lane] and their maximum over j, in the order of row_logits (so that the
-// backward recomputes the same values). DD is the channel count D of the positional form known at compile time (its
+// Logits of the rows i0..i0+7 into S[j, lane] and their maximum over j: the sums of row_logits, vectorised over the
+// rows instead of the key positions. DD is the channel count D of the positional form known at compile time (its
 // query lanes then stay in registers); 0 takes D at run time, and covers the non-positional form.
 template <int DD>
 inline f8 block_logits(const float* q1t, const float* q2t, const float* kt, const float* k3t, const float* rqt,
