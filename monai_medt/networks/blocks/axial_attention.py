@@ -193,10 +193,10 @@ class _AxialAttentionBase(nn.Module):
         # autocast does not reach) would then meet half-precision gradients beside its fp32 inputs
         with torch.autocast(q1.device.type, enabled=False):
             traced = torch.jit.is_tracing() or torch.compiler.is_compiling()
-            if q1.device.type == "cpu" and not traced and cpu_kernel() is not None:
-                return fused_relative_attention(q1, k, q2, rq, k3, wk, v, rv, positional)
             tensors = (q1, k, q2, rq, k3, wk, v, rv)
             needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+            if q1.device.type == "cpu" and not traced and cpu_kernel() is not None:
+                return fused_relative_attention(*tensors, positional, needs_grad=needs_grad)
             if not needs_grad or traced:
                 if torch.compiler.is_compiling():
                     rows = q1.shape[0]  # let the compiler fuse one pass instead of unrolling chunks

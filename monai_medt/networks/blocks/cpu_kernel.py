@@ -140,14 +140,18 @@ def fused_relative_attention(
     v: torch.Tensor,
     rv: torch.Tensor,
     positional: bool,
+    needs_grad: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """
     :func:`~monai_medt.networks.blocks.attention_core.relative_attention` (same arguments, without ``rows``) on the
     fused CPU kernel, differentiable. Call :func:`cpu_kernel` first: this function assumes it returned a module.
-    Float32 and float64 CPU tensors.
+    Float32 and float64 CPU tensors. ``needs_grad``: whether autograd must reach the inputs, for callers that have
+    decided it already; ``None`` decides it here (grad mode on and an input requiring gradients).
     """
     inputs = (q1, k, q2, rq, k3, wk, v, rv)
-    if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
+    if needs_grad is None:
+        needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
+    if needs_grad:
         sv, sve = FusedRelativeAttentionFunction.apply(*inputs, positional)
         return sv, sve
     # inference: the kernel's faster float32 forward, which keeps no softmax statistics for a backward
