@@ -101,12 +101,29 @@ def test_evaluate_writes_both_protocols(trained, glas):
     assert (out / "val_mean_dice_raw.csv").is_file()
 
 
+def test_evaluate_on_validation_split_with_tta(trained, glas):
+    root, _ = trained
+    out = root / "eval_val"
+    run_bundle(
+        "--config_file", "['configs/train.json','configs/evaluate.json']", "--dataset_dir", str(glas),
+        "--max_cases", "8", "--eval_split", "val", "--tta", "true", "--output_dir", str(out), *TINY, root=root,
+    )
+    with open(out / "per_image.csv") as f:
+        names = [r["name"] for r in csv.DictReader(f)]
+    val_names = (glas / "repo_val_split.txt").read_text().split()
+    assert len(names) == 2 and all(n in val_names or f"{n}.png" in val_names for n in names)
+    for name in names:
+        pred = np.array(Image.open(out / "pred" / f"{name}.png"))
+        assert pred.shape == np.array(Image.open(glas / "train" / "labelcol" / f"{name}.png")).shape
+
+
 def test_inference_full_resolution(trained, glas, tmp_path):
     root, _ = trained
     images = glas / "test" / "img"
     run_bundle(
         "--config_file", "configs/inference.json", "--dataset_dir", str(images), "--max_cases", "2",
-        "--ckpt_path", str(root / "models" / "model.pt"), "--output_dir", str(tmp_path), *TINY, root=root,
+        "--ckpt_path", str(root / "models" / "model.pt"), "--output_dir", str(tmp_path), "--tta", "true", *TINY,
+        root=root,
     )
     names = sorted(p.name for p in images.iterdir())[:2]
     for name in names:
