@@ -8,6 +8,8 @@ every parameter but the last layers, while the loss matches.
 
     python scripts/check_compile_gradients.py --model MedT --size 32              # inductor on the CPU, ~4 min
     python scripts/check_compile_gradients.py --model MedT --device cuda --backend inductor
+    # float64 (no rounding noise), a small MedT, each child module compiled on its own
+    python scripts/check_compile_gradients.py --dtype float64 --small --compile children
 
 The noise floor is the same comparison between the eager fused CPU kernel and the eager PyTorch path (both
 float32): with batch norm in train mode on tiny batches, gradients of the whole network differ there by ~5e-3
@@ -20,6 +22,7 @@ import argparse
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from monai_medt.networks import nets
 
@@ -31,30 +34,55 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--backend", default="inductor", help="torch.compile backend (inductor, aot_eager, eager)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    parser.add_argument("--small", action="store_true", help="MedT/LoGo with depths (1, 1, 1, 1) and one global stage")
+    parser.add_argument(
+        "--compile", default="whole", choices=["whole", "children"],
+        help="compile the network as one graph, or each child module (and each stage of a module list) on its own",
+    )
     args = parser.parse_args()
+    if args.small and args.model not in ("MedT", "LoGo"):
+        parser.error("--small applies to MedT and LoGo")
+    dtype = getattr(torch, args.dtype)
+    kwargs = {"depths": (1, 1, 1, 1), "global_stages": 1} if args.small else {}
 
     torch.manual_seed(0)
     device = torch.device(args.device)
-    x = torch.rand(args.batch, 3, args.size, args.size, device=device)
+    x = torch.rand(args.batch, 3, args.size, args.size, device=device, dtype=dtype)
     y = torch.randint(0, 2, (args.batch, args.size, args.size), device=device)
-    state = getattr(nets, args.model)(in_channels=3, out_channels=2, img_size=args.size).state_dict()
+    state = getattr(nets, args.model)(in_channels=3, out_channels=2, img_size=args.size, **kwargs).state_dict()
 
     def step(compiled: bool) -> tuple[float, dict[str, torch.Tensor]]:
-        net = getattr(nets, args.model)(in_channels=3, out_channels=2, img_size=args.size)
+        net = getattr(nets, args.model)(in_channels=3, out_channels=2, img_size=args.size, **kwargs)
         net.load_state_dict(state)
-        net.to(device).train()
-        run = torch.compile(net, backend=args.backend) if compiled else net
+        net.to(device=device, dtype=dtype).train()
+        run = net
+        if compiled and args.compile == "whole":
+            run = torch.compile(net, backend=args.backend)
+        elif compiled:
+            for name, child in list(net.named_children()):
+                if isinstance(child, nn.ModuleList):
+                    for i, stage in enumerate(child):
+                        child[i] = torch.compile(stage, backend=args.backend)
+                elif any(True for _ in child.parameters()):
+                    setattr(net, name, torch.compile(child, backend=args.backend))
         loss = F.cross_entropy(run(x), y)
         loss.backward()
-        return loss.item(), {n: p.grad.detach().clone() for n, p in net.named_parameters() if p.grad is not None}
+        # a compiled child registers its parameters under "_orig_mod"
+        return loss.item(), {
+            n.replace("._orig_mod", ""): p.grad.detach().clone() for n, p in net.named_parameters() if p.grad is not None
+        }
 
     eager_loss, eager = step(False)
     compiled_loss, compiled = step(True)
     total = torch.sqrt(sum((g.double() ** 2).sum() for g in eager.values()))
     diff = torch.sqrt(sum(((compiled[n] - g).double() ** 2).sum() for n, g in eager.items()))
     zero = [n for n, g in compiled.items() if not g.any() and eager[n].any()]
-    print(f"torch {torch.__version__}, {args.model} {args.size}x{args.size}, batch {args.batch}, {device}, {args.backend}")
-    print(f"loss eager {eager_loss:.6f} compiled {compiled_loss:.6f}")
+    print(
+        f"torch {torch.__version__}, {args.model}{' (small)' if args.small else ''} {args.size}x{args.size}, "
+        f"batch {args.batch}, {device}, {args.dtype}, {args.backend}, compiled: {args.compile}"
+    )
+    print(f"loss eager {eager_loss:.10f} compiled {compiled_loss:.10f}")
     print(f"gradients: relative difference (global norm) {(diff / total).item():.2e}; "
           f"{len(zero)} of {len(eager)} parameters all-zero when compiled (non-zero in eager)")
 

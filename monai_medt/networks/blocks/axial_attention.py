@@ -167,9 +167,11 @@ class _AxialAttentionBase(nn.Module):
         rv: torch.Tensor,
         positional: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        # logits and softmax in fp32 also under autocast: the inputs are small, the (N, L, L) maps never stored
-        q1, k, q2, k3, v = q1.float(), k.float(), q2.float(), k3.float(), v.float()
-        rq, wk, rv = rq.float(), wk.float(), rv.float()
+        # logits and softmax in fp32 also under autocast (fp64 stays fp64): the inputs are small, the (N, L, L) maps
+        # never stored
+        dtype = torch.promote_types(rq.dtype, torch.float32)
+        q1, k, q2, k3, v = q1.to(dtype), k.to(dtype), q2.to(dtype), k3.to(dtype), v.to(dtype)
+        rq, wk, rv = rq.to(dtype), wk.to(dtype), rv.to(dtype)
         rows = chunk_rows(q1.shape[0], q1.shape[1], q1.device, self.chunk_bytes)
         if torch.jit.is_scripting():
             return relative_attention(q1, k, q2, rq, k3, wk, v, rv, positional, rows)
@@ -248,7 +250,7 @@ class _AxialAttentionBase(nn.Module):
             scale = weight.double() / torch.sqrt(var + eps)
         else:
             scale = weight.double() / torch.sqrt(norm.running_var.double() + eps)
-        return scale.float().view(terms, self.num_heads)
+        return scale.to(torch.promote_types(weight.dtype, torch.float32)).view(terms, self.num_heads)
 
 
 class AxialAttention(_AxialAttentionBase):
