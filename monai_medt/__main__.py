@@ -54,6 +54,7 @@ def segment_glas(glas: Path, cases: int, output_dir: Path) -> dict | None:
         output_dir=str(output_dir),
         max_cases=cases,
         num_workers=0,
+        tta=True,  # the shipped weights were trained with flips and turns, and validated with this averaging
     )
     names = sorted(p.stem for p in (output_dir / "pred").glob("*.png"))
     summary = evaluate_folder(output_dir / "pred", labels, output_dir / "scores", image_dir=images, names=names)
