@@ -19,7 +19,7 @@ from monai.utils import look_up_option
 
 from monai_medt.networks.blocks import attention_core
 from monai_medt.networks.blocks.attention_core import RelativeAttentionFunction, chunk_rows, relative_attention
-from monai_medt.networks.blocks.conv_norm import conv_norm
+from monai_medt.networks.blocks.conv_norm import conv_norm, norm_affine
 from monai_medt.networks.blocks.cpu_kernel import cpu_kernel, fused_relative_attention
 from monai_medt.networks.blocks.logit_moments import logit_moments, logit_moments_reference
 
@@ -31,6 +31,14 @@ GATE_POSITIONS = ("before_norm", "after_norm")
 GATE_NAMES = ("query_position", "key_position", "value_content", "value_position")
 # official initial values (query-pos, key-pos, value content, value-pos)
 DEFAULT_GATE_INIT = (0.1, 0.1, 1.0, 0.1)
+
+
+def _core_dtype(dtype: torch.dtype) -> torch.dtype:
+    """
+    Precision of the attention core and of the logit-norm scales: at least float32, so that autocast's half types
+    never reach the softmax or the moment algebra, while float64 models stay float64.
+    """
+    return torch.promote_types(dtype, torch.float32)
 
 
 class _AxialAttentionBase(nn.Module):
@@ -81,12 +89,6 @@ class _AxialAttentionBase(nn.Module):
             return False
         return self.out_norm.running_var is not None
 
-    @staticmethod
-    def _affine(norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-        """(scale, shift) of an eval-mode batch norm with running statistics."""
-        scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
-        return scale, norm.bias - norm.running_mean * scale
-
     @torch.jit.unused
     def _project_eager(self, x: torch.Tensor) -> torch.Tensor:
         # in eval mode the batch norm is folded into the 1x1 convolution (one pass over the map instead of two)
@@ -101,7 +103,7 @@ class _AxialAttentionBase(nn.Module):
         """
         count = len(terms)
         heads, d = self.num_heads, self.head_dim
-        scale, shift = self._affine(self.out_norm)
+        scale, shift = norm_affine(self.out_norm)
         scale, shift = scale.view(self.out_channels, count), shift.view(self.out_channels, count)
         if gates is not None:
             scale, shift = scale * gates, shift * gates
@@ -167,9 +169,8 @@ class _AxialAttentionBase(nn.Module):
         rv: torch.Tensor,
         positional: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        # logits and softmax in fp32 also under autocast (fp64 stays fp64): the inputs are small, the (N, L, L) maps
-        # never stored
-        dtype = torch.promote_types(rq.dtype, torch.float32)
+        # the inputs are small and the (N, L, L) maps never stored, so the cast costs little
+        dtype = _core_dtype(rq.dtype)
         q1, k, q2, k3, v = q1.to(dtype), k.to(dtype), q2.to(dtype), k3.to(dtype), v.to(dtype)
         rq, wk, rv = rq.to(dtype), wk.to(dtype), rv.to(dtype)
         rows = chunk_rows(q1.shape[0], q1.shape[1], q1.device, self.chunk_bytes)
@@ -250,7 +251,7 @@ class _AxialAttentionBase(nn.Module):
             scale = weight.double() / torch.sqrt(var + eps)
         else:
             scale = weight.double() / torch.sqrt(norm.running_var.double() + eps)
-        return scale.to(torch.promote_types(weight.dtype, torch.float32)).view(terms, self.num_heads)
+        return scale.to(_core_dtype(weight.dtype)).view(terms, self.num_heads)
 
 
 class AxialAttention(_AxialAttentionBase):

@@ -8,7 +8,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["conv_norm"]
+__all__ = ["conv_norm", "norm_affine"]
+
+
+def norm_affine(norm: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    ``(scale, shift)`` per channel of a batch norm that uses its running statistics (eval mode), so that
+    ``norm(x) == x * scale + shift``. The caller checks that the running statistics and affine parameters exist.
+
+    Args:
+        norm: a batch norm in eval mode with ``track_running_stats`` and ``affine``.
+
+    Examples::
+
+        >>> norm = nn.BatchNorm2d(4).eval()
+        >>> scale, shift = norm_affine(norm)
+        >>> scale.shape, shift.shape
+        (torch.Size([4]), torch.Size([4]))
+    """
+    scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
+    return scale, norm.bias - norm.running_mean * scale
 
 
 def conv_norm(conv: nn.Conv2d, norm: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
@@ -28,11 +47,9 @@ def conv_norm(conv: nn.Conv2d, norm: nn.BatchNorm2d, x: torch.Tensor) -> torch.T
         >>> conv_norm(conv, norm, torch.rand(1, 3, 16, 16)).shape
         torch.Size([1, 8, 16, 16])
     """
-    mean, var, weight, bias = norm.running_mean, norm.running_var, norm.weight, norm.bias
-    if norm.training or mean is None or var is None or weight is None or bias is None:
+    if norm.training or any(t is None for t in (norm.running_mean, norm.running_var, norm.weight, norm.bias)):
         return norm(conv(x))
-    scale = weight * torch.rsqrt(var + norm.eps)
-    shift = bias - mean * scale
+    scale, shift = norm_affine(norm)
     if conv.bias is not None:
         shift = shift + conv.bias * scale
     folded = conv.weight * scale.reshape(-1, 1, 1, 1)
