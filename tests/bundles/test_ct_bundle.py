@@ -82,6 +82,9 @@ def test_ddp_one_process_gloo(ct_dataset, tmp_path):
     resume = torch.load(tmp_path / "models" / "checkpoint_epoch=1.pt", map_location="cpu", weights_only=True)
     assert resume["trainer"]["iteration"] == 2 and resume["trainer"]["max_epochs"] == 1
     assert not any(k.startswith("module.") for k in resume["model"])
+    # the best score, kept for a resume, is the one that wrote model.pt
+    assert resume["key_metric"]["best_metric_epoch"] == 1
+    assert resume["key_metric"]["saved"][0][0] == pytest.approx(resume["key_metric"]["best_metric"])
 
 
 def test_inference_keeps_input_geometry(trained, ct_dataset, tmp_path):

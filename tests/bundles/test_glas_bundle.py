@@ -64,7 +64,15 @@ def test_resume_continues_from_checkpoint(trained, glas, tmp_path):
     )
     log = proc.stdout + proc.stderr
     assert "Epoch: 3/3" in log and "Epoch: 1/3" not in log and "Epoch: 2/3" not in log
-    assert (tmp_path / "models" / "checkpoint_epoch=3.pt").is_file()
+    # the best-model file and the validator's best score carry over the resume (KeyMetricState)
+    before = torch.load(tmp_path / "models" / "checkpoint_epoch=2.pt", map_location="cpu", weights_only=True)
+    after = torch.load(tmp_path / "models" / "checkpoint_epoch=3.pt", map_location="cpu", weights_only=True)
+    assert before["key_metric"]["saved"][0][0] == pytest.approx(before["key_metric"]["best_metric"])
+    assert after["key_metric"]["best_metric"] >= before["key_metric"]["best_metric"]
+    best_model = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
+    old_best = torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True)
+    kept = all(torch.equal(best_model[k], old_best[k]) for k in old_best)
+    assert kept == (after["key_metric"]["best_metric_epoch"] != 3)
 
 
 def test_ddp_one_process_gloo(glas, tmp_path):
