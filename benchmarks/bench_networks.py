@@ -11,6 +11,11 @@ median over ``--repeats`` timed iterations after ``--warmup`` untimed ones.
 
     python benchmarks/bench_networks.py                       # all MedT variants, 128x128, batch 4, 2 threads
     python benchmarks/bench_networks.py --models MedT UNet SwinUNETR --size 256 --batch 2
+    # side by side with the official implementation, from your own checkout of jeya-maria-jose/Medical-Transformer
+    python benchmarks/bench_networks.py --official /path/to/Medical-Transformer --models MedT official:MedT
+
+The share-of-peak column divides by ``--peak-gflops``; by default that is measured here as the fp32 throughput of a
+large 3x3 convolution (256 -> 256 channels at 128x128, oneDNN, same thread count), the most PyTorch reaches here.
 """
 
 from __future__ import annotations
@@ -26,13 +31,23 @@ import sys
 import time
 
 MODELS = ("MedT", "GatedAxialUNet", "AxialUNet", "LoGo", "UNet", "SwinUNETR")
+# official factories of lib/models/axialnet.py, named "official:<factory>" on the command line
+OFFICIAL = ("MedT", "gated", "axialunet", "logo")
 
 
-def build(name: str, size: int, in_channels: int = 3, out_channels: int = 2):
+def build(name: str, size: int, in_channels: int = 3, out_channels: int = 2, official: str | None = None):
     import monai.networks.nets as mnets
 
     import monai_medt.networks.nets as nets
 
+    if name.startswith("official:"):
+        factory = name.split(":", 1)[1]
+        if official is None or factory not in OFFICIAL:
+            raise ValueError(f"{name} needs --official <checkout> and one of {', '.join(OFFICIAL)} after 'official:'.")
+        sys.path.insert(0, official)
+        from lib.models import axialnet  # the user's checkout; nothing of it is part of this project
+
+        return getattr(axialnet, factory)(img_size=size, imgchan=in_channels, num_classes=out_channels)
     if name == "UNet":
         return mnets.UNet(2, in_channels, out_channels, channels=(32, 64, 128, 256, 512), strides=(2, 2, 2, 2))
     if name == "SwinUNETR":
@@ -59,13 +74,34 @@ def current_rss_mib() -> float:
     return float("nan")
 
 
+def peak_gflops(threads: int, channels: int = 256, size: int = 128, repeats: int = 5) -> float:
+    """
+    fp32 GFLOP/s of a large 3x3 convolution (oneDNN, channels-last, no grad) on ``threads`` threads: the practical
+    peak of this CPU. (Not a matrix product: PyTorch's MKL takes its AVX2 path on AMD CPUs and reaches about half of
+    what oneDNN reaches with AVX-512 there.)
+    """
+    import torch
+
+    torch.set_num_threads(threads)
+    x = torch.rand(1, channels, size, size).contiguous(memory_format=torch.channels_last)
+    w = torch.rand(channels, channels, 3, 3).contiguous(memory_format=torch.channels_last)
+    times = []
+    with torch.no_grad():
+        for i in range(repeats + 2):
+            t0 = time.perf_counter()
+            torch.nn.functional.conv2d(x, w, padding=1)
+            if i >= 2:
+                times.append(time.perf_counter() - t0)
+    return 2 * channels * channels * 9 * size * size / statistics.median(times) / 1e9
+
+
 def run_one(args: argparse.Namespace) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device(args.device)
-    net = build(args.models[0], args.size).to(device)
+    net = build(args.models[0], args.size, official=args.official).to(device)
     if args.channels_last:
         net = net.to(memory_format=torch.channels_last)
     model = torch.compile(net) if args.compile else net
@@ -158,8 +194,12 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
     parser.add_argument(
-        "--peak-gflops", type=float, default=157.0,
-        help="fp32 peak of the machine for the share column (default: 2 Zen 3 cores with AVX2 FMA, ~157)",
+        "--peak-gflops", type=float, default=None,
+        help="fp32 peak for the share column (default: measured, a large 3x3 convolution on --threads threads)",
+    )
+    parser.add_argument(
+        "--official", default=None,
+        help="a checkout of the official implementation (jeya-maria-jose/Medical-Transformer), for official:<factory>",
     )
     parser.add_argument("--compile", action="store_true", help="torch.compile the network")
     parser.add_argument("--channels-last", action="store_true", help="channels_last memory format")
@@ -174,7 +214,15 @@ def main() -> None:
     import torch
 
     print(f"# torch {torch.__version__}, python {platform.python_version()}, {platform.machine()}")
-    print(f"# cpu: {cpu_name()}, {os.cpu_count()} logical cores, threads used: {args.threads}")
+    print(f"# cpu: {cpu_name()}, {os.cpu_count()} logical cores, threads used: {args.threads}, "
+          f"vector ISA: {torch.backends.cpu.get_cpu_capability()}")
+    if args.peak_gflops is None:
+        if args.device != "cpu":
+            raise ValueError("--peak-gflops is measured on the CPU only; give the accelerator's fp32 peak.")
+        args.peak_gflops = peak_gflops(args.threads)
+        print(f"# share of peak against {args.peak_gflops:.0f} GFLOP/s (fp32 256->256 3x3 conv at 128x128, measured now)")
+    else:
+        print(f"# share of peak against {args.peak_gflops:.0f} GFLOP/s (--peak-gflops)")
     if args.device == "cpu":
         from monai_medt.networks.blocks.cpu_kernel import KERNEL_ENV, cpu_kernel
 
@@ -185,25 +233,26 @@ def main() -> None:
     print(f"# input {args.batch}x3x{args.size}x{args.size}, median of {args.repeats} after {args.warmup} warm-up"
           f"{', torch.compile' if args.compile else ''}{', channels_last' if args.channels_last else ''}")
     print(
-        f"{'model':<16}{'mode':<7}{'img/s':>9}{'s/iter':>9}{'peak RSS MiB':>14}{'above base':>12}{'params':>11}"
+        f"{'model':<20}{'mode':<7}{'img/s':>9}{'s/iter':>9}{'peak RSS MiB':>14}{'above base':>12}{'params':>11}"
         f"{'GFLOP/img':>11}{'GFLOP/s':>9}{'% peak':>8}"
     )
     results = []
     for model in args.models:
         for mode in args.modes:
             cmd = [sys.executable, __file__, "--mode", mode, "--models", model]
-            for key in ("size", "batch", "threads", "warmup", "repeats", "device", "amp", "peak_gflops"):
-                cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
+            for key in ("size", "batch", "threads", "warmup", "repeats", "device", "amp", "peak_gflops", "official"):
+                if getattr(args, key) is not None:
+                    cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
             cmd += ["--compile"] * args.compile + ["--channels-last"] * args.channels_last
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
-                print(f"{model:<16}{mode:<7} FAILED: {proc.stderr.strip().splitlines()[-1:]}")
+                print(f"{model:<20}{mode:<7} FAILED: {proc.stderr.strip().splitlines()[-1:]}")
                 continue
             r = json.loads(proc.stdout.strip().splitlines()[-1])
             results.append(r)
             extra = f"  cuda peak {r['peak_cuda_mib']:.0f} MiB" if "peak_cuda_mib" in r else ""
             print(
-                f"{model:<16}{mode:<7}{r['img_per_s']:>9.2f}{r['median_s']:>9.3f}"
+                f"{model:<20}{mode:<7}{r['img_per_s']:>9.2f}{r['median_s']:>9.3f}"
                 f"{r['peak_rss_mib']:>14.0f}{r['peak_rss_mib'] - r['base_rss_mib']:>12.0f}{r['params']:>11,}"
                 f"{r['fwd_gflop_per_img']:>11.2f}{r['gflop_per_s']:>9.1f}{100 * r['gflop_per_s'] / args.peak_gflops:>8.1f}"
                 f"{extra}",
