@@ -16,12 +16,19 @@ see the same machine state: on a shared host, runs minutes apart differ by more 
   forward (the autograd function); timed on eval forwards.
 - ``conv-norm-fold``: the eval-mode folding of batch norms into the convs before them (stems, blocks, attention
   projections) against the conv and batch norm run one after the other; timed on eval forwards.
+- ``direct-output``: the attention outputs stacked in map order straight from their sequence layout (one copy)
+  against stacking them in the sequence layout, then copying into the map (two); timed as ``direct-projection``.
+- ``direct-projection``: the attention layers' projection copied once per tensor from the map into the layouts the
+  kernel reads (q row-major, k and v channel-major) against one copy of the whole projection into the sequence
+  layout, split, then transposed copies of k and v; timed on train steps with ``--train``, else on eval forwards.
 
     python benchmarks/ab_changes.py --change eval-fusion --model MedT --threads 1 --rounds 6
     python benchmarks/ab_changes.py --change logit-moments --model MedT --threads 1 --rounds 6
     python benchmarks/ab_changes.py --change channels-last-stem --model MedT --threads 2 --rounds 6
     python benchmarks/ab_changes.py --change inference-kernel --model MedT --threads 2 --rounds 6
     python benchmarks/ab_changes.py --change conv-norm-fold --model MedT --threads 2 --rounds 6
+    python benchmarks/ab_changes.py --change direct-projection --model MedT --threads 2 --rounds 6 [--train]
+    python benchmarks/ab_changes.py --change direct-output --model MedT --threads 2 --rounds 6 [--train]
 """
 
 from __future__ import annotations
@@ -62,6 +69,32 @@ def switch(change: str) -> Callable[[bool], None]:
             fold = conv_norm.conv_norm if on else unfolded
             stem.conv_norm = axial_block.conv_norm = axial_attention.conv_norm = fold
 
+    elif change == "direct-projection":
+        direct = axial_attention._AxialAttentionBase._project
+
+        def sequence_first(self, x):  # the earlier projection: the whole map into the sequence layout, then split
+            b, _, h, w = x.shape
+            qkv = self._project_eager(x).view(b, self.num_heads, 2 * self.head_dim, h, w)
+            if self.axis == "height":
+                qkv, length = qkv.permute(0, 4, 1, 3, 2), h
+            else:
+                qkv, length = qkv.permute(0, 3, 1, 4, 2), w
+            qkv = qkv.reshape(-1, length, 2 * self.head_dim)
+            return torch.split(qkv, [self.qk_dim, self.qk_dim, self.head_dim], dim=-1)
+
+        def use(on: bool) -> None:
+            axial_attention._AxialAttentionBase._project = direct if on else sequence_first
+
+    elif change == "direct-output":
+        direct = axial_attention._AxialAttentionBase._to_map
+
+        def sequence_stacked(self, terms, b, h, w):  # the earlier output: stacked in the sequence layout, then copied
+            stacked = torch.stack(terms, dim=-1)
+            return self._map_view(stacked, b, h, w, len(terms)).reshape(b, self.out_channels * len(terms), h, w)
+
+        def use(on: bool) -> None:
+            axial_attention._AxialAttentionBase._to_map = direct if on else sequence_stacked
+
     elif change == "inference-kernel":
         blocked = axial_attention.fused_relative_attention
 
@@ -83,18 +116,20 @@ def switch(change: str) -> Callable[[bool], None]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    changes = ["eval-fusion", "logit-moments", "channels-last-stem", "inference-kernel", "conv-norm-fold"]
+    changes = ["eval-fusion", "logit-moments", "channels-last-stem", "inference-kernel", "conv-norm-fold", "direct-projection",
+               "direct-output"]
     parser.add_argument("--change", default="eval-fusion", choices=changes)
     parser.add_argument("--model", default="MedT", choices=["MedT", "LoGo", "GatedAxialUNet", "AxialUNet"])
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=6, help="alternations; each times the best of 3 iterations")
+    parser.add_argument("--train", action="store_true", help="time train steps (logit-moments always does)")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    train = args.change == "logit-moments"
+    train = args.change == "logit-moments" or args.train
     net = getattr(nets, args.model)(in_channels=3, out_channels=2, img_size=args.size).train(train)
     optimizer = torch.optim.Adam(net.parameters(), 1e-3)
     x = torch.rand(args.batch, 3, args.size, args.size)

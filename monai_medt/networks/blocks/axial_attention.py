@@ -112,26 +112,31 @@ class _AxialAttentionBase(nn.Module):
         # in-place ops on a fresh map stay differentiable (saliency maps and test-time adaptation take eval gradients)
         out_view.copy_(shift.sum(1).view(1, heads, d, 1, 1).expand_as(out_view))
         for t, term in enumerate(terms):
-            term_view = self._map_view(term, b, h, w, 1)[:, :, :, 0]
-            out_view.addcmul_(term_view, scale[:, t].view(1, heads, d, 1, 1))
+            out_view.addcmul_(self._term_view(term, b, h, w), scale[:, t].view(1, heads, d, 1, 1))
         return out
 
     def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Return q, k of shape (B*O*G, L, qk_dim) and v of shape (B*O*G, L, head_dim); O is the other axis."""
+        """
+        Return q of shape (B*O*G, L, qk_dim), k of shape (B*O*G, L, qk_dim) and v of shape (B*O*G, L, head_dim); O is
+        the other axis. q is contiguous; k and v are transposed views of channel-major copies, the layout in which the
+        fused kernel reads keys and values, so that each of the three is copied out of the map once.
+        """
         b, _, h, w = x.shape
         if torch.jit.is_scripting():  # TorchScript compiles only this branch
             qkv = self.qkv_norm(self.qkv(x))
         else:
             qkv = self._project_eager(x)
         qkv = qkv.view(b, self.num_heads, 2 * self.head_dim, h, w)
+        q, k, v = torch.split(qkv, [self.qk_dim, self.qk_dim, self.head_dim], dim=2)  # each (B, G, c, H, W)
         if self.axis == "height":
-            qkv = qkv.permute(0, 4, 1, 3, 2)  # (B, W, G, H, 2d)
+            q, k, v = q.permute(0, 4, 1, 3, 2), k.permute(0, 4, 1, 2, 3), v.permute(0, 4, 1, 2, 3)  # (B, W, G, ...)
             length = h
         else:
-            qkv = qkv.permute(0, 3, 1, 4, 2)  # (B, H, G, W, 2d)
+            q, k, v = q.permute(0, 3, 1, 4, 2), k.permute(0, 3, 1, 2, 4), v.permute(0, 3, 1, 2, 4)  # (B, H, G, ...)
             length = w
-        qkv = qkv.reshape(-1, length, 2 * self.head_dim)
-        q, k, v = torch.split(qkv, [self.qk_dim, self.qk_dim, self.head_dim], dim=-1)
+        q = q.reshape(-1, length, self.qk_dim)
+        k = k.reshape(-1, self.qk_dim, length).transpose(1, 2)
+        v = v.reshape(-1, self.head_dim, length).transpose(1, 2)
         return q, k, v
 
     def _map_view(self, out: torch.Tensor, b: int, h: int, w: int, terms: int) -> torch.Tensor:
@@ -140,9 +145,17 @@ class _AxialAttentionBase(nn.Module):
             return out.view(b, w, self.num_heads, h, self.head_dim, terms).permute(0, 2, 4, 5, 3, 1)
         return out.view(b, h, self.num_heads, w, self.head_dim, terms).permute(0, 2, 4, 5, 1, 3)
 
-    def _to_map(self, out: torch.Tensor, b: int, h: int, w: int, terms: int) -> torch.Tensor:
-        """(B*O*G, L, d, terms) -> (B, out_channels * terms, H, W) with channel index (g * d + c) * terms + t."""
-        return self._map_view(out, b, h, w, terms).reshape(b, self.out_channels * terms, h, w)
+    def _term_view(self, term: torch.Tensor, b: int, h: int, w: int) -> torch.Tensor:
+        """One term (B*O*G, L, d) viewed (no copy) as (B, G, d, H, W)."""
+        return self._map_view(term, b, h, w, 1)[:, :, :, 0]
+
+    def _to_map(self, terms: list[torch.Tensor], b: int, h: int, w: int) -> torch.Tensor:
+        """
+        Terms (each (B*O*G, L, d)) -> (B, out_channels * len(terms), H, W) with channel index (g * d + c) * terms + t,
+        in one copy: the terms are stacked in map order straight from their sequence layout.
+        """
+        views = [self._term_view(t, b, h, w) for t in terms]
+        return torch.stack(views, dim=3).reshape(b, self.out_channels * len(terms), h, w)
 
     def _check_length(self, x: torch.Tensor, length: int) -> None:
         size = x.shape[2] if self.axis == "height" else x.shape[3]
@@ -359,7 +372,7 @@ class AxialAttention(_AxialAttentionBase):
             if self._fuse_eval():
                 after = gates[2:] if self.gate_after_norm else None
                 return self.pool(self._to_map_eval([sv.to(x.dtype), sve.to(x.dtype)], b, h, w, after))
-        out = self.out_norm(self._to_map(torch.stack([sv, sve], dim=-1).to(x.dtype), b, h, w, 2))
+        out = self.out_norm(self._to_map([sv.to(x.dtype), sve.to(x.dtype)], b, h, w))
         out = out.view(b, self.out_channels, 2, h, w)
         if self.gate_after_norm:
             out = out * gates[2:].view(1, 1, 2, 1, 1)
@@ -458,5 +471,5 @@ class AxialAttentionNoPos(_AxialAttentionBase):
         if not torch.jit.is_scripting():  # noqa: SIM102
             if self._fuse_eval():
                 return self.pool(self._to_map_eval([sv.to(x.dtype)], b, h, w, None))
-        out = self.out_norm(self._to_map(sv.to(x.dtype).unsqueeze(-1), b, h, w, 1))
+        out = self.out_norm(self._to_map([sv.to(x.dtype)], b, h, w))
         return self.pool(out)
