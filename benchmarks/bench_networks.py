@@ -220,7 +220,7 @@ def main() -> None:
         if args.device != "cpu":
             raise ValueError("--peak-gflops is measured on the CPU only; give the accelerator's fp32 peak.")
         args.peak_gflops = peak_gflops(args.threads)
-        print(f"# share of peak against {args.peak_gflops:.0f} GFLOP/s (fp32 256->256 3x3 conv at 128x128, measured now)")
+        print(f"# share of peak against {args.peak_gflops:.0f} GFLOP/s (fp32 3x3 conv 256->256, 128x128, measured)")
     else:
         print(f"# share of peak against {args.peak_gflops:.0f} GFLOP/s (--peak-gflops)")
     if args.device == "cpu":
