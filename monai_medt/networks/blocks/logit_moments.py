@@ -68,15 +68,21 @@ def logit_moments_reference(
 
 def _apply_symmetric(x: torch.Tensor, per_sequence: torch.Tensor, per_position: torch.Tensor | None) -> torch.Tensor:
     """
-    out[r, g, i] = (per_sequence[r, g] + per_position[g, i]) @ x[r, g, i] for symmetric (c, c) blocks, as one
-    broadcast multiply-add per channel: the batched matmuls it replaces have inner sizes of 1-8.
+    out[r, g, i] = (per_sequence[r, g] + per_position[g, i]) @ x[r, g, i] for symmetric (c, c) blocks. The
+    per-sequence term is one batched product (x @ M = M @ x for symmetric M); the per-position term, batched over
+    (g, i) with the R sequences as rows, needs x in another layout, which only pays from 4 channels on: below that it
+    is one broadcast multiply-add per channel.
     """
-    out = torch.zeros_like(x)
-    for b in range(x.shape[-1]):
-        xb = x[..., b : b + 1]
-        out.addcmul_(per_sequence[:, :, None, :, b], xb)
-        if per_position is not None:
-            out.addcmul_(per_position[None, :, :, :, b], xb)
+    out = torch.matmul(x, per_sequence)
+    if per_position is None:
+        return out
+    r, g, length, c = x.shape
+    if c >= 4:
+        rows = x.permute(1, 2, 0, 3).reshape(g * length, r, c)
+        term = torch.bmm(rows, per_position.reshape(g * length, c, c)).view(g, length, r, c)
+        return out.add_(term.permute(2, 0, 1, 3))
+    for b in range(c):
+        out.addcmul_(per_position[None, :, :, :, b], x[..., b : b + 1])
     return out
 
 
