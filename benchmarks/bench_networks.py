@@ -77,8 +77,8 @@ def current_rss_mib() -> float:
 def peak_gflops(threads: int, channels: int = 256, size: int = 128, repeats: int = 5) -> float:
     """
     fp32 GFLOP/s of a large 3x3 convolution (oneDNN, channels-last, no grad) on ``threads`` threads: the practical
-    peak of this CPU. (Not a matrix product: PyTorch's MKL takes its AVX2 path on AMD CPUs and reaches about half of
-    what oneDNN reaches with AVX-512 there.)
+    peak of this CPU. (Not a matrix product: PyTorch's MKL takes its AVX2 path on AMD CPUs and stays well below what
+    oneDNN reaches with AVX-512 there.)
     """
     import torch
 

@@ -121,14 +121,16 @@ class KeyMetricState:
     def __call__(self, engine) -> None:
         if not self.load_path:
             return
-        saved = torch.load(self.load_path, map_location="cpu", weights_only=True)
+        # mapped, not read: the resume loader reads the model and optimizer; only this small entry is needed here
+        saved = torch.load(self.load_path, map_location="cpu", weights_only=True, mmap=True)
         if not isinstance(saved, Mapping) or self.key not in saved:
             self.logger.warning(
                 "%s holds no '%s' entry (written before KeyMetricState was used): the best-model file restarts with "
                 "this run; keep a copy of it if it should survive.", self.load_path, self.key,
             )
             return
-        missing = [self._best_file(f) for _, f in saved[self.key]["saved"] if not os.path.isfile(self._best_file(f))]
+        best_files = [self._best_file(f) for _, f in saved[self.key]["saved"]]
+        missing = [f for f in best_files if not os.path.isfile(f)]
         if missing:
             self.logger.warning(
                 "the best model recorded in %s is missing (%s): the best-model file restarts with this run.",
@@ -138,5 +140,5 @@ class KeyMetricState:
         self.load_state_dict(saved[self.key])
         self.logger.info(
             "resumed the best key metric from %s: %s", self.load_path,
-            ", ".join(f"{self._best_file(f)} ({p:.4f})" for p, f in saved[self.key]["saved"]) or "none yet",
+            ", ".join(f"{f} ({p:.4f})" for (p, _), f in zip(saved[self.key]["saved"], best_files)) or "none yet",
         )
