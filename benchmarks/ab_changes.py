@@ -12,8 +12,11 @@ see the same machine state: on a shared host, runs minutes apart differ by more 
   cross-entropy, backward, Adam).
 - ``channels-last-stem``: the conv stems' channels-last inference forward against their layers run in the input's
   contiguous layout; timed on eval forwards.
-- ``inference-kernel``: the fused CPU kernel's eight-row float32 inference forward against its row-wise training
+- ``inference-kernel``: the fused CPU kernel's row-block float32 inference forward against its row-wise training
   forward (the autograd function); timed on eval forwards.
+- ``avx512-build``: on an AVX-512 CPU, the kernel built for AVX-512 (16-row inference blocks) against the same source
+  built for AVX2 (8-row blocks; built once into a temporary folder); timed on train steps with ``--train``, else on
+  eval forwards.
 - ``conv-norm-fold``: the eval-mode folding of batch norms into the convs before them (stems, blocks, attention
   projections) against the conv and batch norm run one after the other; timed on eval forwards.
 - ``direct-output``: the attention outputs stacked in map order straight from their sequence layout (one copy)
@@ -29,13 +32,16 @@ see the same machine state: on a shared host, runs minutes apart differ by more 
     python benchmarks/ab_changes.py --change conv-norm-fold --model MedT --threads 2 --rounds 6
     python benchmarks/ab_changes.py --change direct-projection --model MedT --threads 2 --rounds 6 [--train]
     python benchmarks/ab_changes.py --change direct-output --model MedT --threads 2 --rounds 6 [--train]
+    python benchmarks/ab_changes.py --change avx512-build --model MedT --threads 2 --rounds 6 [--train]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 
@@ -104,6 +110,26 @@ def switch(change: str) -> Callable[[bool], None]:
         def use(on: bool) -> None:
             axial_attention.fused_relative_attention = blocked if on else row_wise
 
+    elif change == "avx512-build":
+        if torch.backends.cpu.get_cpu_capability() != "AVX512":
+            raise ValueError("--change avx512-build needs a CPU for which PyTorch reports AVX512.")
+        native = cpu_kernel.cpu_kernel()
+        reported = torch.backends.cpu.get_cpu_capability
+        previous = os.environ.get("TORCH_EXTENSIONS_DIR")
+        with tempfile.TemporaryDirectory() as folder:  # the loaded library stays valid after its file is removed
+            os.environ["TORCH_EXTENSIONS_DIR"] = folder
+            torch.backends.cpu.get_cpu_capability = lambda: "AVX2"
+            try:
+                avx2 = cpu_kernel._build()
+            finally:
+                torch.backends.cpu.get_cpu_capability = reported
+                os.environ.pop("TORCH_EXTENSIONS_DIR")
+                if previous is not None:
+                    os.environ["TORCH_EXTENSIONS_DIR"] = previous
+
+        def use(on: bool) -> None:
+            cpu_kernel._state["kernel"] = native if on else avx2
+
     else:
 
         def use(on: bool) -> None:
@@ -118,7 +144,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     changes = [
         "eval-fusion", "logit-moments", "channels-last-stem", "inference-kernel", "conv-norm-fold", "direct-projection",
-        "direct-output",
+        "direct-output", "avx512-build",
     ]
     parser.add_argument("--change", default="eval-fusion", choices=changes)
     parser.add_argument("--model", default="MedT", choices=["MedT", "LoGo", "GatedAxialUNet", "AxialUNet"])

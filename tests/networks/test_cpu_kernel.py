@@ -57,8 +57,9 @@ def _outputs_and_gradients(outputs, inputs, weights):
 
 
 # (sequences, length, qk channels, value channels): 7 sequences split unevenly over the threads' chunks; lengths
-# below, at and across the float forward's 8-row blocks; value channels in its groups of 4 with remainders 3, 2, 1
-SHAPES = [(7, 11, 2, 4), (5, 5, 3, 6), (3, 19, 1, 3), (2, 8, 2, 9)]
+# below, at and across the float forward's row blocks (8 rows in AVX2 builds, 16 in AVX-512 builds); value channels in
+# its groups of 4 with remainders 3, 2, 1
+SHAPES = [(7, 11, 2, 4), (5, 5, 3, 6), (3, 19, 1, 3), (2, 8, 2, 9), (3, 16, 1, 2)]
 
 
 @pytest.mark.parametrize("positional", [True, False])
@@ -87,7 +88,7 @@ def test_fused_matches_pytorch_values_and_gradients(kernel, positional, dtype, s
 @pytest.mark.parametrize("positional", [True, False])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_fused_inference_forward_matches_pytorch(kernel, positional, shape, monkeypatch):
-    """Without gradients the kernel's eight-row float32 forward runs, not the autograd function's row-wise one."""
+    """Without gradients the kernel's row-block float32 forward runs, not the autograd function's row-wise one."""
     inputs = [t.detach() for t in _inputs(*shape, torch.float64, scale=2.0)]
     expected = relative_attention(*inputs, positional, 3)
 
@@ -101,6 +102,28 @@ def test_fused_inference_forward_matches_pytorch(kernel, positional, shape, monk
         assert got.dtype == torch.float32 and got.shape == want.shape, name
         scale = float(want.abs().max()) if want.numel() else 1.0
         torch.testing.assert_close(got.double(), want, atol=2e-6 * scale, rtol=0, msg=lambda m, n=name: f"{n}: {m}")
+
+
+@pytest.mark.skipif(
+    torch.backends.cpu.get_cpu_capability() != "AVX512", reason="the AVX-512 build needs an AVX-512 CPU to compare with"
+)
+def test_avx2_build_matches_avx512_build(kernel, tmp_path, monkeypatch):
+    """
+    The AVX-512 build's 16-row inference blocks and the AVX2 build's 8-row blocks compute each row in the same order:
+    the two libraries agree (the AVX2 build is what AVX2-only CPUs run, so it is built here too).
+    """
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    avx2 = kernel_module._build()
+    assert "avx2" in os.path.basename(avx2.__file__) and "avx512" in os.path.basename(kernel.__file__)
+    for positional in (True, False):
+        for shape in SHAPES + [(4, 64, 2, 4)]:
+            inputs = [t.detach().float() for t in _inputs(*shape, torch.float64, scale=2.0)]
+            layout = kernel_module._kernel_layout(*inputs, positional)
+            results = zip(["sv", "sve"], avx2.inference(*layout, positional), kernel.inference(*layout, positional))
+            for name, got, want in results:
+                atol = 1e-6 * float(want.abs().max()) if want.numel() else 0.0
+                torch.testing.assert_close(got, want, atol=atol, rtol=0, msg=lambda m, n=name, s=shape: f"{s} {n}: {m}")
 
 
 def test_fused_gradcheck(kernel):

@@ -41,32 +41,37 @@ inline float exp_nonpositive(float x) {
 
 inline double exp_nonpositive(double x) { return std::exp(x); }
 
-// Eight float lanes (one AVX2 register where the build targets AVX2, two SSE registers otherwise).
-typedef float f8 __attribute__((vector_size(32)));
-typedef int32_t i8 __attribute__((vector_size(32)));
+// One query row per lane: sixteen float lanes (one register) where the build targets AVX-512, else eight (one AVX2
+// register, or two SSE registers).
+#if defined(__AVX512F__)
+constexpr int64_t kLanes = 16;
+#else
 constexpr int64_t kLanes = 8;
+#endif
+typedef float fv __attribute__((vector_size(kLanes * 4)));
+typedef int32_t iv __attribute__((vector_size(kLanes * 4)));
 
-inline f8 load8(const float* p) {
-  f8 v;
+inline fv loadv(const float* p) {
+  fv v;
   std::memcpy(&v, p, sizeof(v));
   return v;
 }
 
-inline void store8(float* p, f8 v) { std::memcpy(p, &v, sizeof(v)); }
+inline void storev(float* p, fv v) { std::memcpy(p, &v, sizeof(v)); }
 
-// exp_nonpositive on eight lanes, the same polynomial
-inline f8 exp_nonpositive(f8 x) {
-  const f8 n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  const f8 r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
-  f8 p = r * 1.9875691500e-4f + 1.3981999507e-3f;
+// exp_nonpositive on every lane, the same polynomial
+inline fv exp_nonpositive(fv x) {
+  const fv n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  const fv r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
+  fv p = r * 1.9875691500e-4f + 1.3981999507e-3f;
   p = p * r + 8.3334519073e-3f;
   p = p * r + 4.1665795894e-2f;
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  i8 e = __builtin_convertvector(n, i8);
+  iv e = __builtin_convertvector(n, iv);
   e = e < -126 ? -126 : e;
-  return p * reinterpret_cast<f8>((e + 127) << 23);
+  return p * reinterpret_cast<fv>((e + 127) << 23);
 }
 
 template <typename T>
@@ -168,25 +173,25 @@ void forward_impl(const Inputs<T>& in, int64_t N, T* sv, T* sve, T* stats) {
   });
 }
 
-// Float inference forward, eight query rows at a time (one lane each): the logits of a block are built in registers
+// Float inference forward, kLanes query rows at a time (one lane each): the logits of a block are built in registers
 // over the key positions j, the softmax max and sum run down the lanes, and the weighted sums accumulate in registers,
 // so the row-wise form's per-row horizontal reductions (2 E dot products per row) disappear: about twice as fast on
 // MedT's layer shapes. Training keeps the row-wise forward: the backward recomputes each row's logits in row order
 // and, with the saved max and 1 / sum, reproduces the forward's probabilities only if they were summed in that order.
 template <int G>
 inline void weighted_sums(const float* S, const float* vt, const float* rvt, int64_t L, int64_t Lp, int64_t i0,
-                          f8 inv, float* sv_out, float* sve_out, int64_t rows, int64_t E) {
-  f8 acc[G], acce[G];
-  for (int g = 0; g < G; ++g) acc[g] = acce[g] = f8{};
+                          fv inv, float* sv_out, float* sve_out, int64_t rows, int64_t E) {
+  fv acc[G], acce[G];
+  for (int g = 0; g < G; ++g) acc[g] = acce[g] = fv{};
   for (int64_t j = 0; j < L; ++j) {
-    const f8 p = load8(S + j * kLanes);
+    const fv p = loadv(S + j * kLanes);
     for (int g = 0; g < G; ++g) {
       acc[g] += p * vt[g * L + j];
-      if (rvt) acce[g] += p * load8(rvt + (g * L + j) * Lp + i0);
+      if (rvt) acce[g] += p * loadv(rvt + (g * L + j) * Lp + i0);
     }
   }
   for (int g = 0; g < G; ++g) {
-    const f8 a = acc[g] * inv, b = acce[g] * inv;
+    const fv a = acc[g] * inv, b = acce[g] * inv;
     for (int64_t r = 0; r < rows; ++r) {
       sv_out[r * E + g] = a[r];
       if (rvt) sve_out[r * E + g] = b[r];
@@ -194,47 +199,47 @@ inline void weighted_sums(const float* S, const float* vt, const float* rvt, int
   }
 }
 
-// Logits of the rows i0..i0+7 into S[j, lane] and their maximum over j: the sums of row_logits, vectorised over the
+// Logits of the rows i0..i0+kLanes-1 into S[j, lane] and their maximum over j: the sums of row_logits, vectorised over the
 // rows instead of the key positions. DD is the channel count D of the positional form known at compile time (its
 // query lanes then stay in registers); 0 takes D at run time, and covers the non-positional form.
 template <int DD>
-inline f8 block_logits(const float* q1t, const float* q2t, const float* kt, const float* k3t, const float* rqt,
+inline fv block_logits(const float* q1t, const float* q2t, const float* kt, const float* k3t, const float* rqt,
                        const float* wkt, int64_t L, int64_t Lp, int64_t D, int64_t i0, float* S) {
   constexpr int R = DD > 0 ? DD : 1;
-  f8 a[R], b[R];
+  fv a[R], b[R];
   if (DD > 0) {
     for (int c = 0; c < DD; ++c) {
-      a[c] = load8(q1t + c * Lp + i0);
-      b[c] = load8(q2t + c * Lp + i0);
+      a[c] = loadv(q1t + c * Lp + i0);
+      b[c] = loadv(q2t + c * Lp + i0);
     }
   }
-  f8 m = f8{};
+  fv m = fv{};
   for (int64_t j = 0; j < L; ++j) {
-    f8 s;
+    fv s;
     if (DD > 0) {
       s = a[0] * kt[j];
       for (int c = 1; c < DD; ++c) s += a[c] * kt[c * L + j];
       for (int c = 0; c < DD; ++c) {
         const int64_t t = (c * L + j) * Lp + i0;
-        s += b[c] * load8(rqt + t) + k3t[c * L + j] * load8(wkt + t);
+        s += b[c] * loadv(rqt + t) + k3t[c * L + j] * loadv(wkt + t);
       }
     } else {
-      s = load8(q1t + i0) * kt[j];
-      for (int64_t c = 1; c < D; ++c) s += load8(q1t + c * Lp + i0) * kt[c * L + j];
+      s = loadv(q1t + i0) * kt[j];
+      for (int64_t c = 1; c < D; ++c) s += loadv(q1t + c * Lp + i0) * kt[c * L + j];
       if (k3t) {
         for (int64_t c = 0; c < D; ++c) {
           const int64_t t = (c * L + j) * Lp + i0;
-          s += load8(q2t + c * Lp + i0) * load8(rqt + t) + k3t[c * L + j] * load8(wkt + t);
+          s += loadv(q2t + c * Lp + i0) * loadv(rqt + t) + k3t[c * L + j] * loadv(wkt + t);
         }
       }
     }
-    store8(S + j * kLanes, s);
+    storev(S + j * kLanes, s);
     m = j == 0 ? s : (s > m ? s : m);
   }
   return m;
 }
 
-// The float path's view of the inputs for eight-row blocks: the position tables transposed to [c, j, i] with the
+// The float path's view of the inputs for row blocks: the position tables transposed to [c, j, i] with the
 // rows padded to Lp (once per call, a few hundred KiB at most, shared by the threads), and per sequence the query
 // rows transposed to (D, Lp) in a thread's buffers.
 struct BlockedInputs {
@@ -272,8 +277,8 @@ struct BlockedInputs {
       }
   }
 
-  // logits of rows i0..i0+7 of sequence n into S = buf's third part; returns their maximum over j
-  f8 logits(int64_t n, int64_t i0, float* buf) const {
+  // logits of rows i0..i0+kLanes-1 of sequence n into S = buf's third part; returns their maximum over j
+  fv logits(int64_t n, int64_t i0, float* buf) const {
     const int64_t L = in.L, D = in.D;
     const float* q1t = buf;
     const float* q2t = buf + D * Lp;
@@ -300,14 +305,14 @@ void forward_blocked(const Inputs<float>& in, int64_t N, float* sv, float* sve) 
       blocked.load_queries(n, buf.data());
       const float* vt = in.vt + n * E * L;
       for (int64_t i0 = 0; i0 < Lp; i0 += kLanes) {
-        const f8 m = blocked.logits(n, i0, buf.data());
-        f8 z = f8{};
+        const fv m = blocked.logits(n, i0, buf.data());
+        fv z = fv{};
         for (int64_t j = 0; j < L; ++j) {
-          const f8 p = exp_nonpositive(load8(S + j * kLanes) - m);
-          store8(S + j * kLanes, p);
+          const fv p = exp_nonpositive(loadv(S + j * kLanes) - m);
+          storev(S + j * kLanes, p);
           z += p;
         }
-        const f8 inv = 1.0f / z;
+        const fv inv = 1.0f / z;
         const int64_t rows = std::min(kLanes, L - i0);
         float* sv_out = sv + (n * L + i0) * E;
         float* sve_out = in.positional ? sve + (n * L + i0) * E : nullptr;
@@ -463,7 +468,7 @@ std::vector<torch::Tensor> attention_forward(torch::Tensor q1, torch::Tensor kt,
   return {sv, sve, stats};
 }
 
-// The forward without the softmax statistics, for inference: the eight-row block form for float32
+// The forward without the softmax statistics, for inference: the row-block form for float32
 std::vector<torch::Tensor> attention_inference(torch::Tensor q1, torch::Tensor kt, torch::Tensor q2,
                                                torch::Tensor k3t, torch::Tensor vt, torch::Tensor rq,
                                                torch::Tensor wk, torch::Tensor rv, bool positional) {
