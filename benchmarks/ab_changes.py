@@ -14,6 +14,11 @@ see the same machine state: on a shared host, runs minutes apart differ by more 
   contiguous layout; timed on eval forwards.
 - ``inference-kernel``: the fused CPU kernel's row-block float32 inference forward against its row-wise training
   forward (the autograd function); timed on eval forwards.
+- ``map-kernel``: eval-mode attention layers run by one kernel call from the projected map to the output map (the
+  kernel gathers queries, keys and values and writes the normalised output) against the projection's layout copies,
+  the kernel on sequences and the output fusion (``eval-fusion``); timed on eval forwards.
+- ``channels-last-eval``: in CPU inference the stems' channels-last output kept through the blocks, attention layers
+  and decoders against its copy back to the contiguous layout; timed on eval forwards.
 - ``avx512-build``: on an AVX-512 CPU, the kernel built for AVX-512 (16-row inference blocks) against the same source
   built for AVX2 (8-row blocks; built once into a temporary folder); timed on train steps with ``--train``, else on
   eval forwards.
@@ -32,6 +37,8 @@ see the same machine state: on a shared host, runs minutes apart differ by more 
     python benchmarks/ab_changes.py --change conv-norm-fold --model MedT --threads 2 --rounds 6
     python benchmarks/ab_changes.py --change direct-projection --model MedT --threads 2 --rounds 6 [--train]
     python benchmarks/ab_changes.py --change direct-output --model MedT --threads 2 --rounds 6 [--train]
+    python benchmarks/ab_changes.py --change map-kernel --model MedT --threads 2 --rounds 6
+    python benchmarks/ab_changes.py --change channels-last-eval --model MedT --threads 2 --rounds 6
     python benchmarks/ab_changes.py --change avx512-build --model MedT --threads 2 --rounds 6 [--train]
 """
 
@@ -110,6 +117,21 @@ def switch(change: str) -> Callable[[bool], None]:
         def use(on: bool) -> None:
             axial_attention.fused_relative_attention = blocked if on else row_wise
 
+    elif change == "map-kernel":
+        map_kernel = axial_attention._AxialAttentionBase._map_kernel
+
+        def use(on: bool) -> None:
+            axial_attention._AxialAttentionBase._map_kernel = map_kernel if on else (lambda self, x: None)
+
+    elif change == "channels-last-eval":
+        kept = stem.ConvStem.forward
+
+        def copied_back(self, x):  # the earlier stem: channels-last convs, output copied back to the contiguous layout
+            return kept(self, x).contiguous()
+
+        def use(on: bool) -> None:
+            stem.ConvStem.forward = kept if on else copied_back
+
     elif change == "avx512-build":
         if torch.backends.cpu.get_cpu_capability() != "AVX512":
             raise ValueError("--change avx512-build needs a CPU for which PyTorch reports AVX512.")
@@ -144,7 +166,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     changes = [
         "eval-fusion", "logit-moments", "channels-last-stem", "inference-kernel", "conv-norm-fold", "direct-projection",
-        "direct-output", "avx512-build",
+        "direct-output", "map-kernel", "channels-last-eval", "avx512-build",
     ]
     parser.add_argument("--change", default="eval-fusion", choices=changes)
     parser.add_argument("--model", default="MedT", choices=["MedT", "LoGo", "GatedAxialUNet", "AxialUNet"])

@@ -60,6 +60,22 @@ def reference_attention(layer: AxialAttention, x: torch.Tensor, train: bool) -> 
     return F.avg_pool2d(out, layer.stride) if layer.stride > 1 else out
 
 
+def reference_nopos(layer: AxialAttentionNoPos, x: torch.Tensor, train: bool) -> torch.Tensor:
+    """The same transcription for the attention without positions: content logits and values only."""
+    b, _, h, w = x.shape
+    height = layer.axis == "height"
+    seq = x.permute(0, 3, 1, 2) if height else x.permute(0, 2, 1, 3)  # (B, O, C, L)
+    o, length = seq.shape[1], seq.shape[3]
+    seq = seq.reshape(b * o, -1, length)
+    qkv = _bn(torch.einsum("oc,ncl->nol", layer.qkv.weight[:, :, 0, 0], seq), layer.qkv_norm, train)
+    q, k, v = torch.split(qkv.view(b * o, layer.num_heads, -1, length), [layer.qk_dim, layer.qk_dim, layer.head_dim], 2)
+    attn = F.softmax(_bn(torch.einsum("ngci,ngcj->ngij", q, k), layer.logit_norm, train), dim=3)
+    sv = torch.einsum("ngij,ngcj->ngci", attn, v).reshape(b * o, layer.out_channels, length)
+    out = _bn(sv, layer.out_norm, train).view(b, o, layer.out_channels, length)
+    out = out.permute(0, 2, 3, 1) if height else out.permute(0, 2, 1, 3)
+    return F.avg_pool2d(out, layer.stride) if layer.stride > 1 else out
+
+
 def _randomise_norms(layer: torch.nn.Module) -> None:
     for m in layer.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
@@ -85,6 +101,42 @@ def test_matches_reference(axis, gate_position, train, stride, attention_backend
     out = layer(x)
     assert out.shape == (2, 16, 12 // stride, 10 // stride)
     torch.testing.assert_close(out, expected, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("axis", ["height", "width"])
+@pytest.mark.parametrize("gate_position", ["before_norm", "after_norm"])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_inference_matches_reference_in_both_layouts(axis, gate_position, stride, channels_last, attention_backend):
+    """
+    Eval-mode inference without gradients: on the fused kernel each layer runs from its projected map to its output map
+    in one call (reading and writing through strides); the PyTorch path copies a channels-last input. The output keeps
+    the input's memory format on the kernel and is right in both layouts on both paths.
+    """
+    layer = GatedAxialAttention(
+        8, 32, kernel_size=12 if axis == "height" else 10, num_heads=4, axis=axis, stride=stride,
+        gate_position=gate_position, gate_init=(0.3, -0.7, 1.3, 0.5),
+    )
+    nopos = AxialAttentionNoPos(8, 32, num_heads=4, axis=axis, stride=stride)
+    x = torch.randn(2, 8, 12, 10)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    for module in (layer, nopos):
+        _randomise_norms(module)
+        module.eval()
+        calls = []
+        attend_map = module._attend_map
+        module._attend_map = lambda *args, f=attend_map: calls.append(1) or f(*args)
+        with torch.no_grad():
+            out = module(x)
+        del module._attend_map
+        assert len(calls) == (1 if attention_backend == "fused" else 0)
+        reference = reference_attention if module is layer else reference_nopos
+        expected = reference(module, x.contiguous(), False)
+        assert out.shape == (2, 32, 12 // stride, 10 // stride)
+        if attention_backend == "fused":
+            assert out.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        torch.testing.assert_close(out, expected, atol=2e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("axis", ["height", "width"])
@@ -145,13 +197,7 @@ def test_nopos_matches_reference_and_any_length(attention_backend):
     for train in (True, False):
         layer.train(train)
         x = torch.randn(2, 8, 7, 9)
-        seq = x.permute(0, 3, 1, 2).reshape(18, 8, 7)
-        qkv = _bn(torch.einsum("oc,ncl->nol", layer.qkv.weight[:, :, 0, 0], seq), layer.qkv_norm, train)
-        q, k, v = torch.split(qkv.view(18, 4, 8, 7), [2, 2, 4], dim=2)
-        attn = F.softmax(_bn(torch.einsum("ngci,ngcj->ngij", q, k), layer.logit_norm, train), dim=3)
-        sv = _bn(torch.einsum("ngij,ngcj->ngci", attn, v).reshape(18, 16, 7), layer.out_norm, train)
-        expected = sv.view(2, 9, 16, 7).permute(0, 2, 3, 1)
-        torch.testing.assert_close(layer(x), expected, atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(layer(x), reference_nopos(layer, x, train), atol=2e-5, rtol=1e-4)
 
 
 def test_length_checked_in_forward():

@@ -210,9 +210,11 @@ def test_stem_runs_channels_last_in_cpu_inference_only(monkeypatch):
         expected = stem.layers(x)
         out = stem(x)
     assert seen == [True, False]  # the inference forward hands the convs a channels-last tensor
-    assert out.is_contiguous() and torch.allclose(out, expected, atol=1e-6)
+    # ... and returns that layout: the blocks after the stem keep it in inference
+    assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+    assert torch.allclose(out, expected, atol=1e-6)
     out = stem(x)  # with gradients: the caller's layout throughout
-    assert seen[-1] and torch.allclose(out, expected, atol=1e-6)
+    assert seen[-1] and out.is_contiguous() and torch.allclose(out, expected, atol=1e-6)
 
 
 @pytest.mark.parametrize("cls", [MedT, GatedAxialUNet])

@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+from types import ModuleType
+
 import torch
 import torch.nn as nn
 from monai.networks.layers.factories import Conv, Norm, Pool
@@ -95,6 +97,44 @@ class _AxialAttentionBase(nn.Module):
         return conv_norm(self.qkv, self.qkv_norm, x)
 
     @torch.jit.unused
+    def _map_kernel(self, x: torch.Tensor) -> ModuleType | None:
+        """
+        The fused CPU kernel where this layer runs from its projected map straight to its output map: eval-mode float32
+        inference on the CPU without autograd or autocast, eager. None elsewhere (the other paths compute the same).
+        """
+        if x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_grad_enabled():
+            return None
+        if torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling() or not self._fuse_eval():
+            return None
+        return cpu_kernel()
+
+    @torch.jit.unused
+    def _attend_map(
+        self,
+        kernel: ModuleType,
+        x: torch.Tensor,
+        scales: torch.Tensor,
+        tables: list[torch.Tensor],
+        out_scale: torch.Tensor,
+        out_shift: torch.Tensor,
+    ) -> torch.Tensor:
+        """
+        Eval-mode projection, attention and output norm in one kernel call per layer: the kernel gathers each sequence's
+        queries, keys and values from the projected map, applies the logit-norm ``scales`` ((terms, heads)) and writes
+        ``sum_t term_t * out_scale[t] + out_shift`` (per channel) into the output map; ``tables`` are the (gated) rq,
+        wk and rv of the positional form, empty without positions. Saves the layout copies and output passes of
+        :meth:`_project` and :meth:`_to_map_eval`.
+        """
+        qkv = self._project_eager(x)  # any memory format: the kernel reads through the strides
+        positional = len(tables) == 3
+        rq, wk, rv = [t.contiguous() for t in tables] if positional else [qkv.new_empty(0)] * 3
+        height = self.axis == "height"
+        return kernel.inference_map(
+            qkv, self.num_heads, self.qk_dim, self.head_dim, height, scales.contiguous(), rq, wk, rv,
+            out_scale.contiguous(), out_shift.contiguous(), positional,
+        )
+
+    @torch.jit.unused
     def _to_map_eval(self, terms: list[torch.Tensor], b: int, h: int, w: int, gates: torch.Tensor | None) -> torch.Tensor:
         """
         Eval-mode ``out_norm`` and sum of the ``terms`` (each (B*O*G, L, d)), written straight into a (B, C, H, W) map:
@@ -126,7 +166,8 @@ class _AxialAttentionBase(nn.Module):
             qkv = self.qkv_norm(self.qkv(x))
         else:
             qkv = self._project_eager(x)
-        qkv = qkv.view(b, self.num_heads, 2 * self.head_dim, h, w)
+        # a channels-last map (the stems' inference output) is copied here, where the layout copies below begin anyway
+        qkv = qkv.contiguous().view(b, self.num_heads, 2 * self.head_dim, h, w)
         q, k, v = torch.split(qkv, [self.qk_dim, self.qk_dim, self.head_dim], dim=2)  # each (B, G, c, H, W)
         if self.axis == "height":
             q, k, v = q.permute(0, 4, 1, 3, 2), k.permute(0, 4, 1, 2, 3), v.permute(0, 4, 1, 2, 3)  # (B, W, G, ...)
@@ -341,16 +382,25 @@ class AxialAttention(_AxialAttentionBase):
         # table column for (row a, column b) is a - b + K - 1
         self.register_buffer("rel_index", (idx[:, None] - idx[None, :] + kernel_size - 1), persistent=False)
 
+    def _tables(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The position terms' tables rq, wk (qk_dim, L, L) and rv (head_dim, L, L), gathered from ``relative``."""
+        emb = self.relative[:, self.rel_index]  # (2d, L, L): emb[c, a, b] = table[c, a - b + L - 1]
+        rq, ek, rv = torch.split(emb, [self.qk_dim, self.qk_dim, self.head_dim], dim=0)
+        return rq, ek.transpose(1, 2), rv  # key-position term of (i, j) uses table column j - i + L - 1
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_length(x, self.kernel_size)
+        # nested: TorchScript drops a branch only when its condition is is_scripting() alone
+        if not torch.jit.is_scripting():
+            kernel = self._map_kernel(x)
+            if kernel is not None:
+                return self.pool(self._forward_map(kernel, x))
         b, _, h, w = x.shape
         q, k, v = self._project(x)
         n, length, qk_dim = q.shape
         heads = self.num_heads
         rows = n // heads
-        emb = self.relative[:, self.rel_index]  # (2d, L, L): emb[c, a, b] = table[c, a - b + L - 1]
-        rq, ek, rv = torch.split(emb, [self.qk_dim, self.qk_dim, self.head_dim], dim=0)
-        wk = ek.transpose(1, 2)  # key-position term of (i, j) uses table column j - i + L - 1
+        rq, wk, rv = self._tables()
         gates = self.gates.to(q.dtype)
         if not self.gate_after_norm:
             # scaling the small operand equals scaling the (N, L, L) term it produces
@@ -377,6 +427,23 @@ class AxialAttention(_AxialAttentionBase):
         if self.gate_after_norm:
             out = out * gates[2:].view(1, 1, 2, 1, 1)
         return self.pool(out.sum(dim=2))
+
+    @torch.jit.unused
+    def _forward_map(self, kernel: ModuleType, x: torch.Tensor) -> torch.Tensor:
+        """Float32 CPU inference through :meth:`_attend_map`, with the gates and norms placed as in :meth:`forward`."""
+        rq, wk, rv = self._tables()
+        gates = self.gates.to(x.dtype)
+        scales = self._fold_logit_norm(x.new_empty(0), x.new_empty(0), 0, 3)
+        scale, shift = norm_affine(self.out_norm)
+        scale, shift = scale.view(self.out_channels, 2).t(), shift.view(self.out_channels, 2).t()  # (terms, C)
+        if self.gate_after_norm:
+            scales = scales * torch.stack([torch.ones_like(gates[0]), gates[0], gates[1]]).view(3, 1)
+            scale, shift = scale * gates[2:].view(2, 1), shift * gates[2:].view(2, 1)
+        else:
+            rq, wk, rv = rq * gates[0], wk * gates[1], rv * gates[3]
+            # the value gate scales the values, i.e. the value term before its norm
+            scale = scale * torch.stack([gates[2], torch.ones_like(gates[2])]).view(2, 1)
+        return self._attend_map(kernel, x, scales, [rq, wk, rv], scale, shift.sum(0))
 
 
 class GatedAxialAttention(AxialAttention):
@@ -457,6 +524,13 @@ class AxialAttentionNoPos(_AxialAttentionBase):
         self.out_norm = Norm[Norm.BATCH, 2](out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # nested: TorchScript drops a branch only when its condition is is_scripting() alone
+        if not torch.jit.is_scripting():
+            kernel = self._map_kernel(x)
+            if kernel is not None:
+                scale, shift = norm_affine(self.out_norm)
+                scales = self._fold_logit_norm(x.new_empty(0), x.new_empty(0), 0, 1)
+                return self.pool(self._attend_map(kernel, x, scales, [], scale.view(1, -1), shift))
         b, _, h, w = x.shape
         q, k, v = self._project(x)
         n, length, qk_dim = q.shape

@@ -54,8 +54,9 @@ class ConvStem(nn.Module):
             return self.layers(x)
         # inference on the CPU: oneDNN runs these convs' forward on channels-last tensors without reordering them into
         # its blocked layout and back (MedT's local 64->128->64 convs ~25 % faster); their backward gains nothing, so
-        # training keeps the layout. The output returns to the contiguous layout the attention layers expect.
-        return self.layers(x.contiguous(memory_format=torch.channels_last)).contiguous()
+        # training keeps the layout. The output stays channels-last: the layers after it keep that layout (the
+        # attention kernel reads and writes through strides; 1x1 and 3x3 convs run faster on it).
+        return self.layers(x.contiguous(memory_format=torch.channels_last))
 
     def layers(self, x: torch.Tensor) -> torch.Tensor:
         """The three conv-BN-ReLU layers, in the memory format of ``x``."""

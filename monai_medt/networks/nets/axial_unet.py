@@ -135,7 +135,8 @@ class AxialUNet(nn.Module):
             x = stage(x)
             features.insert(0, x)
         x = self.decoder(x, features)
-        return self.head(self.dropout(x))
+        # CPU inference runs channels-last after the stem; callers get the usual contiguous logits
+        return self.head(self.dropout(x)).contiguous()
 
 
 class GatedAxialUNet(AxialUNet):

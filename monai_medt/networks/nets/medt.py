@@ -233,7 +233,8 @@ class MedT(nn.Module):
         y_local = y.view(b, gh, gw, oc, th, tw).permute(0, 3, 1, 4, 2, 5).reshape(b, oc, h, w)
 
         y = F.relu(self.fusion(y_global + y_local))
-        return self.head(self.dropout(y))
+        # CPU inference runs channels-last after the stems; callers get the usual contiguous logits
+        return self.head(self.dropout(y)).contiguous()
 
 
 class LoGo(MedT):

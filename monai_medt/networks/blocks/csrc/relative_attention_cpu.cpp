@@ -277,14 +277,13 @@ struct BlockedInputs {
       }
   }
 
-  // logits of rows i0..i0+kLanes-1 of sequence n into S = buf's third part; returns their maximum over j
-  fv logits(int64_t n, int64_t i0, float* buf) const {
+  // logits of rows i0..i0+kLanes-1 of one sequence into S = buf's third part, from its queries in buf (see
+  // load_queries) and its keys kt, k3t (D, L); returns their maximum over j
+  fv logits(const float* kt, const float* k3t, int64_t i0, float* buf) const {
     const int64_t L = in.L, D = in.D;
     const float* q1t = buf;
     const float* q2t = buf + D * Lp;
     float* S = buf + 2 * D * Lp;
-    const float* kt = in.kt + n * D * L;
-    const float* k3t = in.positional ? in.k3t + n * D * L : nullptr;
     switch (in.positional ? D : 0) {
       case 1: return block_logits<1>(q1t, q2t, kt, k3t, rqt.data(), wkt.data(), L, Lp, D, i0, S);
       case 2: return block_logits<2>(q1t, q2t, kt, k3t, rqt.data(), wkt.data(), L, Lp, D, i0, S);
@@ -294,37 +293,110 @@ struct BlockedInputs {
   }
 };
 
+// All row blocks of one sequence whose queries are loaded into buf: keys kt, k3t (D, L), values vt (E, L); the
+// weighted sums go to sv and sve, (L, E) each (sve unused without positions)
+void sequence_blocked(const BlockedInputs& blocked, const float* kt, const float* k3t, const float* vt, float* buf,
+                      float* sv, float* sve) {
+  const Inputs<float>& in = blocked.in;
+  const int64_t L = in.L, D = in.D, E = in.E, Lp = blocked.Lp;
+  float* S = buf + 2 * D * Lp;
+  for (int64_t i0 = 0; i0 < Lp; i0 += kLanes) {
+    const fv m = blocked.logits(kt, k3t, i0, buf);
+    fv z = fv{};
+    for (int64_t j = 0; j < L; ++j) {
+      const fv p = exp_nonpositive(loadv(S + j * kLanes) - m);
+      storev(S + j * kLanes, p);
+      z += p;
+    }
+    const fv inv = 1.0f / z;
+    const int64_t rows = std::min(kLanes, L - i0);
+    float* sv_out = sv + i0 * E;
+    float* sve_out = in.positional ? sve + i0 * E : nullptr;
+    for (int64_t e0 = 0; e0 < E; e0 += 4) {
+      const float* rv_e = in.positional ? blocked.rvt.data() + e0 * L * Lp : nullptr;
+      float* sve_e = in.positional ? sve_out + e0 : nullptr;
+      switch (std::min<int64_t>(4, E - e0)) {
+        case 4: weighted_sums<4>(S, vt + e0 * L, rv_e, L, Lp, i0, inv, sv_out + e0, sve_e, rows, E); break;
+        case 3: weighted_sums<3>(S, vt + e0 * L, rv_e, L, Lp, i0, inv, sv_out + e0, sve_e, rows, E); break;
+        case 2: weighted_sums<2>(S, vt + e0 * L, rv_e, L, Lp, i0, inv, sv_out + e0, sve_e, rows, E); break;
+        default: weighted_sums<1>(S, vt + e0 * L, rv_e, L, Lp, i0, inv, sv_out + e0, sve_e, rows, E);
+      }
+    }
+  }
+}
+
 void forward_blocked(const Inputs<float>& in, int64_t N, float* sv, float* sve) {
   const int64_t L = in.L, D = in.D, E = in.E;
   const BlockedInputs blocked(in);
-  const int64_t Lp = blocked.Lp;
   at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> buf = blocked.buffers();
-    float* S = buf.data() + 2 * D * Lp;
     for (int64_t n = begin; n < end; ++n) {
       blocked.load_queries(n, buf.data());
-      const float* vt = in.vt + n * E * L;
-      for (int64_t i0 = 0; i0 < Lp; i0 += kLanes) {
-        const fv m = blocked.logits(n, i0, buf.data());
-        fv z = fv{};
-        for (int64_t j = 0; j < L; ++j) {
-          const fv p = exp_nonpositive(loadv(S + j * kLanes) - m);
-          storev(S + j * kLanes, p);
-          z += p;
-        }
-        const fv inv = 1.0f / z;
-        const int64_t rows = std::min(kLanes, L - i0);
-        float* sv_out = sv + (n * L + i0) * E;
-        float* sve_out = in.positional ? sve + (n * L + i0) * E : nullptr;
-        for (int64_t e0 = 0; e0 < E; e0 += 4) {
-          const float* rv_e = in.positional ? blocked.rvt.data() + e0 * L * Lp : nullptr;
-          float* sve_e = in.positional ? sve_out + e0 : nullptr;
-          switch (std::min<int64_t>(4, E - e0)) {
-            case 4: weighted_sums<4>(S, vt + e0 * L, rv_e, L, Lp, i0, inv, sv_out + e0, sve_e, rows, E); break;
-            case 3: weighted_sums<3>(S, vt + e0 * L, rv_e, L, Lp, i0, inv, sv_out + e0, sve_e, rows, E); break;
-            case 2: weighted_sums<2>(S, vt + e0 * L, rv_e, L, Lp, i0, inv, sv_out + e0, sve_e, rows, E); break;
-            default: weighted_sums<1>(S, vt + e0 * L, rv_e, L, Lp, i0, inv, sv_out + e0, sve_e, rows, E);
+      sequence_blocked(blocked, in.kt + n * D * L, in.positional ? in.k3t + n * D * L : nullptr, in.vt + n * E * L,
+                       buf.data(), sv + n * L * E, in.positional ? sve + n * L * E : nullptr);
+    }
+  });
+}
+
+// Float inference from the projected map to the output map, for eval mode: the sequences' queries, keys and values are
+// gathered from qkv (B, G * (2 D + E), H, W; per head D query, D key and E value channels) into a thread's buffers, the
+// logit-norm scales applied on the way (q1 = q * s[0, g], q2 = q * s[1, g], k3 = k * s[2, g]), and the output norm
+// written straight into out (B, G * E, H, W): out = sv * a[0, ch] + sve * a[1, ch] + shift[ch]. This replaces the
+// layout copies of the projection and the output passes around the kernel (one read of the projection, one write of
+// the output per layer). Both maps are addressed through their strides (qs, os: batch, channel, row, column), so
+// contiguous and channels-last maps work alike.
+void map_blocked(const float* qkv, const int64_t* qs, int64_t B, int64_t G, int64_t H, int64_t W, bool height,
+                 const float* scales, const Inputs<float>& in, const float* out_scale, const float* out_shift,
+                 float* out, const int64_t* os) {
+  const int64_t L = in.L, D = in.D, E = in.E, C = G * E;
+  const int64_t O = height ? W : H;  // sequences per (image, head): the other axis
+  const int64_t q_step = height ? qs[2] : qs[3], q_across = height ? qs[3] : qs[2];
+  const int64_t o_step = height ? os[2] : os[3], o_across = height ? os[3] : os[2];
+  const BlockedInputs blocked(in);
+  const int64_t Lp = blocked.Lp;
+  // neighbouring sequences share cache lines: in a contiguous map those of one head along the other axis (order b, g, o),
+  // in a channels-last map those of the heads at one position (order b, o, g)
+  const bool heads_inner = qs[1] == 1;
+  at::parallel_for(0, B * G * O, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> buf = blocked.buffers();
+    std::vector<float> local((2 * D + E) * L + (in.positional ? 2 : 1) * Lp * E);
+    float* kt = local.data();
+    float* k3t = kt + D * L;
+    float* vt = k3t + D * L;
+    float* sv = vt + E * L;
+    float* sve = sv + Lp * E;
+    float* q1t = buf.data();
+    float* q2t = q1t + D * Lp;
+    for (int64_t n = begin; n < end; ++n) {
+      const int64_t b = n / (G * O), g = heads_inner ? n % G : (n / O) % G, o = heads_inner ? (n / G) % O : n % O;
+      const float* head = qkv + b * qs[0] + g * (2 * D + E) * qs[1] + o * q_across;
+      const float s0 = scales[g];
+      const float s1 = in.positional ? scales[G + g] : 0.0f, s2 = in.positional ? scales[2 * G + g] : 0.0f;
+      // position-major: the channels of one position share cache lines in a channels-last map, and a strided walk
+      // along one channel would meet the same cache set at every position where the map's row stride is a multiple
+      // of 4 KiB
+      for (int64_t i = 0; i < L; ++i) {
+        const float* at = head + i * q_step;
+        for (int64_t c = 0; c < D; ++c) {
+          const float qi = at[c * qs[1]], ki = at[(D + c) * qs[1]];
+          q1t[c * Lp + i] = qi * s0;
+          kt[c * L + i] = ki;
+          if (in.positional) {
+            q2t[c * Lp + i] = qi * s1;
+            k3t[c * L + i] = ki * s2;
           }
+        }
+        for (int64_t e = 0; e < E; ++e) vt[e * L + i] = at[(2 * D + e) * qs[1]];
+      }
+      sequence_blocked(blocked, kt, in.positional ? k3t : nullptr, vt, buf.data(), sv, sve);
+      const float* a0 = out_scale + g * E;
+      const float* a1 = in.positional ? out_scale + C + g * E : nullptr;
+      const float* shift = out_shift + g * E;
+      for (int64_t i = 0; i < L; ++i) {
+        float* dst = out + b * os[0] + g * E * os[1] + o * o_across + i * o_step;
+        for (int64_t e = 0; e < E; ++e) {
+          const float value = sv[i * E + e] * a0[e] + shift[e];
+          dst[e * os[1]] = in.positional ? value + sve[i * E + e] * a1[e] : value;
         }
       }
     }
@@ -485,6 +557,45 @@ std::vector<torch::Tensor> attention_inference(torch::Tensor q1, torch::Tensor k
   return {sv, sve};
 }
 
+// Eval-mode layer from its projected map to its output map (see map_blocked); float32, no autograd
+torch::Tensor attention_inference_map(torch::Tensor qkv, int64_t heads, int64_t qk_dim, int64_t head_dim, bool height,
+                                      torch::Tensor scales, torch::Tensor rq, torch::Tensor wk, torch::Tensor rv,
+                                      torch::Tensor out_scale, torch::Tensor out_shift, bool positional) {
+  TORCH_CHECK(qkv.device().is_cpu() && qkv.dim() == 4, "qkv must be a 4D CPU tensor (any strides)");
+  TORCH_CHECK(qkv.scalar_type() == torch::kFloat, "qkv must be float32");
+  const int64_t B = qkv.size(0), H = qkv.size(2), W = qkv.size(3), L = height ? H : W, C = heads * head_dim;
+  TORCH_CHECK(qkv.size(1) == heads * (2 * qk_dim + head_dim), "qkv has ", qkv.size(1), " channels, expected ",
+              heads * (2 * qk_dim + head_dim));
+  const int64_t terms = positional ? 2 : 1;
+  check(scales, "scales", 2);
+  TORCH_CHECK(scales.size(0) == (positional ? 3 : 1) && scales.size(1) == heads, "scales must be (3 or 1, heads)");
+  check(out_scale, "out_scale", 2);
+  TORCH_CHECK(out_scale.size(0) == terms && out_scale.size(1) == C, "out_scale must be (terms, heads * head_dim)");
+  check(out_shift, "out_shift", 1);
+  TORCH_CHECK(out_shift.size(0) == C, "out_shift must have heads * head_dim entries");
+  for (const auto& t : {scales, out_scale, out_shift}) TORCH_CHECK(t.scalar_type() == torch::kFloat, "float32 only");
+  Inputs<float> in{};
+  in.L = L;
+  in.D = qk_dim;
+  in.E = head_dim;
+  in.positional = positional;
+  if (positional) {
+    for (const auto& t : {rq, wk, rv}) {
+      check(t, "position table", 3);
+      TORCH_CHECK(t.scalar_type() == torch::kFloat && t.size(1) == L && t.size(2) == L, "tables must be (c, L, L)");
+    }
+    TORCH_CHECK(rq.size(0) == qk_dim && wk.size(0) == qk_dim && rv.size(0) == head_dim, "table channels");
+    in.rq = rq.data_ptr<float>();
+    in.wk = wk.data_ptr<float>();
+    in.rv = rv.data_ptr<float>();
+  }
+  // the output keeps the projection's memory format (contiguous or channels-last)
+  auto out = torch::empty({B, C, H, W}, qkv.options().memory_format(qkv.suggest_memory_format()));
+  map_blocked(qkv.data_ptr<float>(), qkv.strides().data(), B, heads, H, W, height, scales.data_ptr<float>(), in,
+              out_scale.data_ptr<float>(), out_shift.data_ptr<float>(), out.data_ptr<float>(), out.strides().data());
+  return out;
+}
+
 std::vector<torch::Tensor> attention_backward(torch::Tensor q1, torch::Tensor kt, torch::Tensor q2,
                                               torch::Tensor k3t, torch::Tensor vt, torch::Tensor rq,
                                               torch::Tensor wk, torch::Tensor rv, bool positional, torch::Tensor stats,
@@ -520,5 +631,6 @@ std::vector<torch::Tensor> attention_backward(torch::Tensor q1, torch::Tensor kt
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &attention_forward, "MedT relative axial attention, fused forward (CPU)");
   m.def("inference", &attention_inference, "the same forward without softmax statistics, for inference (CPU)");
+  m.def("inference_map", &attention_inference_map, "eval-mode layer from its projected map to its output map (CPU)");
   m.def("backward", &attention_backward, "MedT relative axial attention, fused backward (CPU)");
 }
