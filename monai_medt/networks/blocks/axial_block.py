@@ -131,19 +131,19 @@ class AxialBlock(nn.Module):
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting():
             return self._folded_forward(x)
-        out = F.relu(self.norm_in(self.conv_in(x)))
-        out = F.relu(self.attn_w(self.attn_h(out)))
+        out = F.relu(self.norm_in(self.conv_in(x)), inplace=True)
+        out = F.relu(self.attn_w(self.attn_h(out)), inplace=True)
         out = self.norm_out(self.conv_out(out))
-        return F.relu(out + self.shortcut(x))
+        return F.relu(out + self.shortcut(x), inplace=True)
 
     @torch.jit.unused
     def _folded_forward(self, x: torch.Tensor) -> torch.Tensor:
         # eager: in eval mode the 1x1 convs' batch norms are folded into them (TorchScript cannot pass modules to a
         # function)
-        out = F.relu(conv_norm(self.conv_in, self.norm_in, x))
-        out = F.relu(self.attn_w(self.attn_h(out)))
+        out = F.relu(conv_norm(self.conv_in, self.norm_in, x), inplace=True)
+        out = F.relu(self.attn_w(self.attn_h(out)), inplace=True)
         out = conv_norm(self.conv_out, self.norm_out, out)
-        return F.relu(out + self.shortcut(x))
+        return F.relu(out + self.shortcut(x), inplace=True)
 
 
 def make_axial_stage(

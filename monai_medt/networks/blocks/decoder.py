@@ -55,7 +55,7 @@ class AdditiveSkipDecoder(nn.Module):
     def forward(self, x: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
         """Decode ``x``; ``skips[i]`` is added after the i-th conv (fewer skips than convs leave the last ones bare)."""
         for i, conv in enumerate(self.convs):
-            x = F.relu(F.interpolate(conv(x), scale_factor=2.0, mode="bilinear", align_corners=False))
+            x = F.relu(F.interpolate(conv(x), scale_factor=2.0, mode="bilinear", align_corners=False), inplace=True)
             if i < len(skips):
                 x = x + skips[i]
         return x

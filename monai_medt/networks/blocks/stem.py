@@ -60,15 +60,17 @@ class ConvStem(nn.Module):
 
     def layers(self, x: torch.Tensor) -> torch.Tensor:
         """The three conv-BN-ReLU layers, in the memory format of ``x``."""
+        # ReLUs in place here and in the blocks and decoders: their inputs are fresh outputs whose producers' backward
+        # does not read them, and every new activation-sized buffer costs page faults with glibc's default malloc
         if not torch.jit.is_scripting():
             return self._folded_layers(x)
-        x = F.relu(self.norm1(self.conv1(x)))
-        x = F.relu(self.norm2(self.conv2(x)))
-        return F.relu(self.norm3(self.conv3(x)))
+        x = F.relu(self.norm1(self.conv1(x)), inplace=True)
+        x = F.relu(self.norm2(self.conv2(x)), inplace=True)
+        return F.relu(self.norm3(self.conv3(x)), inplace=True)
 
     @torch.jit.unused
     def _folded_layers(self, x: torch.Tensor) -> torch.Tensor:
         # eager: in eval mode each batch norm is folded into its conv (TorchScript cannot pass modules to a function)
-        x = F.relu(conv_norm(self.conv1, self.norm1, x))
-        x = F.relu(conv_norm(self.conv2, self.norm2, x))
-        return F.relu(conv_norm(self.conv3, self.norm3, x))
+        x = F.relu(conv_norm(self.conv1, self.norm1, x), inplace=True)
+        x = F.relu(conv_norm(self.conv2, self.norm2, x), inplace=True)
+        return F.relu(conv_norm(self.conv3, self.norm3, x), inplace=True)

@@ -232,7 +232,7 @@ class MedT(nn.Module):
         oc = y.shape[1]
         y_local = y.view(b, gh, gw, oc, th, tw).permute(0, 3, 1, 4, 2, 5).reshape(b, oc, h, w)
 
-        y = F.relu(self.fusion(y_global + y_local))
+        y = F.relu(self.fusion(y_global + y_local), inplace=True)
         # CPU inference runs channels-last after the stems; callers get the usual contiguous logits
         return self.head(self.dropout(y)).contiguous()
 
