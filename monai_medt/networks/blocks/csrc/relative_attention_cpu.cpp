@@ -18,6 +18,8 @@
 #include <cstdint>
 #include <cstring>
 #include <algorithm>
+#include <memory>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -107,8 +109,12 @@ inline void row_logits(const Inputs<T>& in, int64_t n, int64_t i, T* s) {
     const T* r = in.rq + (c * L + i) * L;
     const T* w = in.wk + (c * L + i) * L;
     const T* kc = k3t + c * L;
+    // two separate multiply-adds, as in block_logits: the backward's logits then equal the blocked forward's
 #pragma omp simd
-    for (int64_t j = 0; j < L; ++j) s[j] += b * r[j] + kc[j] * w[j];
+    for (int64_t j = 0; j < L; ++j) {
+      s[j] += b * r[j];
+      s[j] += kc[j] * w[j];
+    }
   }
 }
 
@@ -176,8 +182,8 @@ void forward_impl(const Inputs<T>& in, int64_t N, T* sv, T* sve, T* stats) {
 // Float inference forward, kLanes query rows at a time (one lane each): the logits of a block are built in registers
 // over the key positions j, the softmax max and sum run down the lanes, and the weighted sums accumulate in registers,
 // so the row-wise form's per-row horizontal reductions (2 E dot products per row) disappear: about twice as fast on
-// MedT's layer shapes. Training keeps the row-wise forward: the backward recomputes each row's logits in row order
-// and, with the saved max and 1 / sum, reproduces the forward's probabilities only if they were summed in that order.
+// MedT's layer shapes. Training uses it too, keeping each row's max and 1 / sum: the backward recomputes the row's
+// logits row-wise with the same products and sums per logit, so it reproduces the forward's probabilities.
 template <int G>
 inline void weighted_sums(const float* S, const float* vt, const float* rvt, int64_t L, int64_t Lp, int64_t i0,
                           fv inv, float* sv_out, float* sve_out, int64_t rows, int64_t E) {
@@ -221,7 +227,8 @@ inline fv block_logits(const float* q1t, const float* q2t, const float* kt, cons
       for (int c = 1; c < DD; ++c) s += a[c] * kt[c * L + j];
       for (int c = 0; c < DD; ++c) {
         const int64_t t = (c * L + j) * Lp + i0;
-        s += b[c] * loadv(rqt + t) + k3t[c * L + j] * loadv(wkt + t);
+        s += b[c] * loadv(rqt + t);
+        s += k3t[c * L + j] * loadv(wkt + t);
       }
     } else {
       s = loadv(q1t + i0) * kt[j];
@@ -229,7 +236,8 @@ inline fv block_logits(const float* q1t, const float* q2t, const float* kt, cons
       if (k3t) {
         for (int64_t c = 0; c < D; ++c) {
           const int64_t t = (c * L + j) * Lp + i0;
-          s += loadv(q2t + c * Lp + i0) * loadv(rqt + t) + k3t[c * L + j] * loadv(wkt + t);
+          s += loadv(q2t + c * Lp + i0) * loadv(rqt + t);
+          s += k3t[c * L + j] * loadv(wkt + t);
         }
       }
     }
@@ -294,22 +302,32 @@ struct BlockedInputs {
 };
 
 // All row blocks of one sequence whose queries are loaded into buf: keys kt, k3t (D, L), values vt (E, L); the
-// weighted sums go to sv and sve, (L, E) each (sve unused without positions)
+// weighted sums go to sv and sve, (L, E) each (sve unused without positions), and where stats is given, each row's
+// max and 1 / sum to stats, (L, 2)
 void sequence_blocked(const BlockedInputs& blocked, const float* kt, const float* k3t, const float* vt, float* buf,
-                      float* sv, float* sve) {
+                      float* sv, float* sve, float* stats) {
   const Inputs<float>& in = blocked.in;
   const int64_t L = in.L, D = in.D, E = in.E, Lp = blocked.Lp;
   float* S = buf + 2 * D * Lp;
   for (int64_t i0 = 0; i0 < Lp; i0 += kLanes) {
     const fv m = blocked.logits(kt, k3t, i0, buf);
-    fv z = fv{};
+    // compensated (Kahan) sum: the backward's softmax gradient assumes that the probabilities sum to one
+    fv z = fv{}, carry = fv{};
     for (int64_t j = 0; j < L; ++j) {
       const fv p = exp_nonpositive(loadv(S + j * kLanes) - m);
       storev(S + j * kLanes, p);
-      z += p;
+      const fv y = p - carry, t = z + y;
+      carry = (t - z) - y;
+      z = t;
     }
     const fv inv = 1.0f / z;
     const int64_t rows = std::min(kLanes, L - i0);
+    if (stats) {
+      for (int64_t r = 0; r < rows; ++r) {
+        stats[2 * (i0 + r)] = m[r];
+        stats[2 * (i0 + r) + 1] = inv[r];
+      }
+    }
     float* sv_out = sv + i0 * E;
     float* sve_out = in.positional ? sve + i0 * E : nullptr;
     for (int64_t e0 = 0; e0 < E; e0 += 4) {
@@ -325,7 +343,7 @@ void sequence_blocked(const BlockedInputs& blocked, const float* kt, const float
   }
 }
 
-void forward_blocked(const Inputs<float>& in, int64_t N, float* sv, float* sve) {
+void forward_blocked(const Inputs<float>& in, int64_t N, float* sv, float* sve, float* stats) {
   const int64_t L = in.L, D = in.D, E = in.E;
   const BlockedInputs blocked(in);
   at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
@@ -333,7 +351,8 @@ void forward_blocked(const Inputs<float>& in, int64_t N, float* sv, float* sve) 
     for (int64_t n = begin; n < end; ++n) {
       blocked.load_queries(n, buf.data());
       sequence_blocked(blocked, in.kt + n * D * L, in.positional ? in.k3t + n * D * L : nullptr, in.vt + n * E * L,
-                       buf.data(), sv + n * L * E, in.positional ? sve + n * L * E : nullptr);
+                       buf.data(), sv + n * L * E, in.positional ? sve + n * L * E : nullptr,
+                       stats ? stats + n * L * 2 : nullptr);
     }
   });
 }
@@ -388,7 +407,7 @@ void map_blocked(const float* qkv, const int64_t* qs, int64_t B, int64_t G, int6
         }
         for (int64_t e = 0; e < E; ++e) vt[e * L + i] = at[(2 * D + e) * qs[1]];
       }
-      sequence_blocked(blocked, kt, in.positional ? k3t : nullptr, vt, buf.data(), sv, sve);
+      sequence_blocked(blocked, kt, in.positional ? k3t : nullptr, vt, buf.data(), sv, sve, nullptr);
       const float* a0 = out_scale + g * E;
       const float* a1 = in.positional ? out_scale + C + g * E : nullptr;
       const float* shift = out_shift + g * E;
@@ -403,13 +422,34 @@ void map_blocked(const float* qkv, const int64_t* qs, int64_t B, int64_t G, int6
   });
 }
 
+// The probabilities of rows i0..i0+kLanes-1 of sequence n (queries loaded into buf) into S[j, lane], recomputed as
+// the blocked forward computed them (same logits, same exp) from its saved max and 1 / sum
+void block_probabilities(const BlockedInputs& blocked, int64_t n, int64_t i0, const float* stats, float* buf) {
+  const Inputs<float>& in = blocked.in;
+  const int64_t L = in.L, D = in.D;
+  blocked.logits(in.kt + n * D * L, in.positional ? in.k3t + n * D * L : nullptr, i0, buf);
+  fv m = fv{}, inv = fv{};
+  for (int64_t r = 0; r < std::min(kLanes, L - i0); ++r) {
+    m[r] = stats[2 * (n * L + i0 + r)];
+    inv[r] = stats[2 * (n * L + i0 + r) + 1];
+  }
+  float* S = buf + 2 * D * blocked.Lp;
+  for (int64_t j = 0; j < L; ++j) storev(S + j * kLanes, exp_nonpositive(loadv(S + j * kLanes) - m) * inv);
+}
+
 template <typename T>
 void backward_impl(const Inputs<T>& in, int64_t N, const T* stats, const T* dsv, const T* dsve, T* dq1, T* dkt,
                    T* dq2, T* dk3t, T* dvt, T* drq, T* dwk, T* drv, int64_t chunks) {
   const int64_t L = in.L, D = in.D, E = in.E;
   const int64_t table = L * L;
+  // float: the probabilities come from the blocked forward's own computation (see block_probabilities)
+  constexpr bool blocks = std::is_same<T, float>::value;
+  std::unique_ptr<BlockedInputs> blocked;
+  if constexpr (blocks) blocked = std::make_unique<BlockedInputs>(in);
   // one chunk of sequences per table-gradient buffer (not per thread id, which nested or inline calls do not bound)
   at::parallel_for(0, chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
+    std::vector<float> buf;
+    if constexpr (blocks) buf = blocked->buffers();
     for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
       T* drq_t = in.positional ? drq + chunk * D * table : nullptr;
       T* dwk_t = in.positional ? dwk + chunk * D * table : nullptr;
@@ -422,12 +462,19 @@ void backward_impl(const Inputs<T>& in, int64_t N, const T* stats, const T* dsv,
         const T* q1 = in.q1 + n * L * D;
         T* dkt_n = dkt + n * D * L;
         T* dvt_n = dvt + n * E * L;
+        if constexpr (blocks) blocked->load_queries(n, buf.data());
         for (int64_t i = 0; i < L; ++i) {
-          row_logits(in, n, i, p.data());
-          const T m = stats[2 * (n * L + i)], inv = stats[2 * (n * L + i) + 1];
           T* pp = p.data();
+          if constexpr (blocks) {
+            if (i % kLanes == 0) block_probabilities(*blocked, n, i, stats, buf.data());
+            const float* S = buf.data() + 2 * D * blocked->Lp + i % kLanes;
+            for (int64_t j = 0; j < L; ++j) pp[j] = S[j * kLanes];
+          } else {
+            row_logits(in, n, i, pp);
+            const T m = stats[2 * (n * L + i)], inv = stats[2 * (n * L + i) + 1];
 #pragma omp simd
-          for (int64_t j = 0; j < L; ++j) pp[j] = exp_nonpositive(pp[j] - m) * inv;
+            for (int64_t j = 0; j < L; ++j) pp[j] = exp_nonpositive(pp[j] - m) * inv;
+          }
           const T* g = dsv + (n * L + i) * E;
           for (int64_t e = 0; e < E; ++e) {
             const T ge = g[e];
@@ -532,6 +579,11 @@ std::vector<torch::Tensor> attention_forward(torch::Tensor q1, torch::Tensor kt,
   auto sv = torch::empty({N, L, E}, q1.options());
   auto sve = torch::empty({N, L, positional ? E : 0}, q1.options());
   auto stats = torch::empty({N, L, 2}, q1.options());
+  if (q1.scalar_type() == torch::kFloat) {
+    auto in = make_inputs<float>(q1, kt, q2, k3t, vt, rq, wk, rv, positional);
+    forward_blocked(in, N, sv.data_ptr<float>(), positional ? sve.data_ptr<float>() : nullptr, stats.data_ptr<float>());
+    return {sv, sve, stats};
+  }
   AT_DISPATCH_FLOATING_TYPES(q1.scalar_type(), "medt_attention_forward", [&] {
     auto in = make_inputs<scalar_t>(q1, kt, q2, k3t, vt, rq, wk, rv, positional);
     forward_impl<scalar_t>(in, N, sv.data_ptr<scalar_t>(), positional ? sve.data_ptr<scalar_t>() : nullptr,
@@ -553,7 +605,7 @@ std::vector<torch::Tensor> attention_inference(torch::Tensor q1, torch::Tensor k
   auto sv = torch::empty({N, L, E}, q1.options());
   auto sve = torch::empty({N, L, positional ? E : 0}, q1.options());
   auto in = make_inputs<float>(q1, kt, q2, k3t, vt, rq, wk, rv, positional);
-  forward_blocked(in, N, sv.data_ptr<float>(), positional ? sve.data_ptr<float>() : nullptr);
+  forward_blocked(in, N, sv.data_ptr<float>(), positional ? sve.data_ptr<float>() : nullptr, nullptr);
   return {sv, sve};
 }
 
