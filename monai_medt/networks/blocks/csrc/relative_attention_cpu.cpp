@@ -272,12 +272,16 @@ struct BlockedInputs {
         for (int64_t j = 0; j < L; ++j) rvt[(e * L + j) * Lp + i] = in.rv[(e * L + i) * L + j];
   }
 
-  // thread buffers: q1t and q2t, (D, Lp) each (zero padding), then S, (L, kLanes)
-  std::vector<float> buffers() const { return std::vector<float>(2 * in.D * Lp + in.L * kLanes, 0.0f); }
+  // thread buffers: per sequence of a group q1t and q2t, (D, Lp) each (zero padding), then S, (L, kLanes)
+  std::vector<float> buffers(int64_t group = 1) const {
+    return std::vector<float>(group * 2 * in.D * Lp + in.L * kLanes, 0.0f);
+  }
+  float* queries(float* buf, int64_t s) const { return buf + s * 2 * in.D * Lp; }
+  float* scores(float* buf, int64_t group) const { return buf + group * 2 * in.D * Lp; }
 
-  void load_queries(int64_t n, float* buf) const {
-    float* q1t = buf;
-    float* q2t = buf + in.D * Lp;
+  void load_queries(int64_t n, float* q) const {
+    float* q1t = q;
+    float* q2t = q + in.D * Lp;
     for (int64_t i = 0; i < in.L; ++i)
       for (int64_t c = 0; c < in.D; ++c) {
         q1t[c * Lp + i] = in.q1[(n * in.L + i) * in.D + c];
@@ -285,13 +289,12 @@ struct BlockedInputs {
       }
   }
 
-  // logits of rows i0..i0+kLanes-1 of one sequence into S = buf's third part, from its queries in buf (see
-  // load_queries) and its keys kt, k3t (D, L); returns their maximum over j
-  fv logits(const float* kt, const float* k3t, int64_t i0, float* buf) const {
+  // logits of rows i0..i0+kLanes-1 of one sequence into S, from its queries q (see load_queries) and its keys kt,
+  // k3t (D, L); returns their maximum over j
+  fv logits(const float* kt, const float* k3t, int64_t i0, const float* q, float* S) const {
     const int64_t L = in.L, D = in.D;
-    const float* q1t = buf;
-    const float* q2t = buf + D * Lp;
-    float* S = buf + 2 * D * Lp;
+    const float* q1t = q;
+    const float* q2t = q + D * Lp;
     switch (in.positional ? D : 0) {
       case 1: return block_logits<1>(q1t, q2t, kt, k3t, rqt.data(), wkt.data(), L, Lp, D, i0, S);
       case 2: return block_logits<2>(q1t, q2t, kt, k3t, rqt.data(), wkt.data(), L, Lp, D, i0, S);
@@ -301,58 +304,66 @@ struct BlockedInputs {
   }
 };
 
-// All row blocks of one sequence whose queries are loaded into buf: keys kt, k3t (D, L), values vt (E, L); the
-// weighted sums go to sv and sve, (L, E) each (sve unused without positions), and where stats is given, each row's
-// max and 1 / sum to stats, (L, 2)
-void sequence_blocked(const BlockedInputs& blocked, const float* kt, const float* k3t, const float* vt, float* buf,
-                      float* sv, float* sve, float* stats) {
+// Row block i0 of one sequence: queries q (see load_queries), keys kt, k3t (D, L), values vt (E, L), S a thread's
+// (L, kLanes) scratch; the weighted sums go to sv and sve, (L, E) each (sve unused without positions), and where stats
+// is given, each row's max and 1 / sum to stats, (L, 2)
+void row_block(const BlockedInputs& blocked, const float* kt, const float* k3t, const float* vt, const float* q,
+               float* S, int64_t i0, float* sv, float* sve, float* stats) {
   const Inputs<float>& in = blocked.in;
-  const int64_t L = in.L, D = in.D, E = in.E, Lp = blocked.Lp;
-  float* S = buf + 2 * D * Lp;
-  for (int64_t i0 = 0; i0 < Lp; i0 += kLanes) {
-    const fv m = blocked.logits(kt, k3t, i0, buf);
-    // compensated (Kahan) sum: the backward's softmax gradient assumes that the probabilities sum to one
-    fv z = fv{}, carry = fv{};
-    for (int64_t j = 0; j < L; ++j) {
-      const fv p = exp_nonpositive(loadv(S + j * kLanes) - m);
-      storev(S + j * kLanes, p);
-      const fv y = p - carry, t = z + y;
-      carry = (t - z) - y;
-      z = t;
+  const int64_t L = in.L, E = in.E, Lp = blocked.Lp;
+  const fv m = blocked.logits(kt, k3t, i0, q, S);
+  // compensated (Kahan) sum: the backward's softmax gradient assumes that the probabilities sum to one
+  fv z = fv{}, carry = fv{};
+  for (int64_t j = 0; j < L; ++j) {
+    const fv p = exp_nonpositive(loadv(S + j * kLanes) - m);
+    storev(S + j * kLanes, p);
+    const fv y = p - carry, t = z + y;
+    carry = (t - z) - y;
+    z = t;
+  }
+  const fv inv = 1.0f / z;
+  const int64_t rows = std::min(kLanes, L - i0);
+  if (stats) {
+    for (int64_t r = 0; r < rows; ++r) {
+      stats[2 * (i0 + r)] = m[r];
+      stats[2 * (i0 + r) + 1] = inv[r];
     }
-    const fv inv = 1.0f / z;
-    const int64_t rows = std::min(kLanes, L - i0);
-    if (stats) {
-      for (int64_t r = 0; r < rows; ++r) {
-        stats[2 * (i0 + r)] = m[r];
-        stats[2 * (i0 + r) + 1] = inv[r];
-      }
-    }
-    float* sv_out = sv + i0 * E;
-    float* sve_out = in.positional ? sve + i0 * E : nullptr;
-    for (int64_t e0 = 0; e0 < E; e0 += 4) {
-      const float* rv_e = in.positional ? blocked.rvt.data() + e0 * L * Lp : nullptr;
-      float* sve_e = in.positional ? sve_out + e0 : nullptr;
-      switch (std::min<int64_t>(4, E - e0)) {
-        case 4: weighted_sums<4>(S, vt + e0 * L, rv_e, L, Lp, i0, inv, sv_out + e0, sve_e, rows, E); break;
-        case 3: weighted_sums<3>(S, vt + e0 * L, rv_e, L, Lp, i0, inv, sv_out + e0, sve_e, rows, E); break;
-        case 2: weighted_sums<2>(S, vt + e0 * L, rv_e, L, Lp, i0, inv, sv_out + e0, sve_e, rows, E); break;
-        default: weighted_sums<1>(S, vt + e0 * L, rv_e, L, Lp, i0, inv, sv_out + e0, sve_e, rows, E);
-      }
+  }
+  float* sv_out = sv + i0 * E;
+  float* sve_out = in.positional ? sve + i0 * E : nullptr;
+  for (int64_t e0 = 0; e0 < E; e0 += 4) {
+    const float* rv_e = in.positional ? blocked.rvt.data() + e0 * L * Lp : nullptr;
+    float* sve_e = in.positional ? sve_out + e0 : nullptr;
+    switch (std::min<int64_t>(4, E - e0)) {
+      case 4: weighted_sums<4>(S, vt + e0 * L, rv_e, L, Lp, i0, inv, sv_out + e0, sve_e, rows, E); break;
+      case 3: weighted_sums<3>(S, vt + e0 * L, rv_e, L, Lp, i0, inv, sv_out + e0, sve_e, rows, E); break;
+      case 2: weighted_sums<2>(S, vt + e0 * L, rv_e, L, Lp, i0, inv, sv_out + e0, sve_e, rows, E); break;
+      default: weighted_sums<1>(S, vt + e0 * L, rv_e, L, Lp, i0, inv, sv_out + e0, sve_e, rows, E);
     }
   }
 }
 
+// Sequences per group: each row block runs over all sequences of a group in turn, so that the slices of the position
+// tables it reads ((2 D + E) L kLanes floats) stay in L1 for the group instead of returning from L2 per sequence
+constexpr int64_t kGroup = 4;
+
 void forward_blocked(const Inputs<float>& in, int64_t N, float* sv, float* sve, float* stats) {
   const int64_t L = in.L, D = in.D, E = in.E;
   const BlockedInputs blocked(in);
-  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> buf = blocked.buffers();
-    for (int64_t n = begin; n < end; ++n) {
-      blocked.load_queries(n, buf.data());
-      sequence_blocked(blocked, in.kt + n * D * L, in.positional ? in.k3t + n * D * L : nullptr, in.vt + n * E * L,
-                       buf.data(), sv + n * L * E, in.positional ? sve + n * L * E : nullptr,
-                       stats ? stats + n * L * 2 : nullptr);
+  at::parallel_for(0, N, kGroup, [&](int64_t begin, int64_t end) {
+    std::vector<float> buf = blocked.buffers(kGroup);
+    float* S = blocked.scores(buf.data(), kGroup);
+    for (int64_t n0 = begin; n0 < end; n0 += kGroup) {
+      const int64_t count = std::min(kGroup, end - n0);
+      for (int64_t s = 0; s < count; ++s) blocked.load_queries(n0 + s, blocked.queries(buf.data(), s));
+      for (int64_t i0 = 0; i0 < blocked.Lp; i0 += kLanes) {
+        for (int64_t s = 0; s < count; ++s) {
+          const int64_t n = n0 + s;
+          row_block(blocked, in.kt + n * D * L, in.positional ? in.k3t + n * D * L : nullptr, in.vt + n * E * L,
+                    blocked.queries(buf.data(), s), S, i0, sv + n * L * E, in.positional ? sve + n * L * E : nullptr,
+                    stats ? stats + n * L * 2 : nullptr);
+        }
+      }
     }
   });
 }
@@ -376,46 +387,70 @@ void map_blocked(const float* qkv, const int64_t* qs, int64_t B, int64_t G, int6
   // neighbouring sequences share cache lines: in a contiguous map those of one head along the other axis (order b, g, o),
   // in a channels-last map those of the heads at one position (order b, o, g)
   const bool heads_inner = qs[1] == 1;
-  at::parallel_for(0, B * G * O, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> buf = blocked.buffers();
-    std::vector<float> local((2 * D + E) * L + (in.positional ? 2 : 1) * Lp * E);
-    float* kt = local.data();
-    float* k3t = kt + D * L;
-    float* vt = k3t + D * L;
-    float* sv = vt + E * L;
-    float* sve = sv + Lp * E;
-    float* q1t = buf.data();
-    float* q2t = q1t + D * Lp;
-    for (int64_t n = begin; n < end; ++n) {
-      const int64_t b = n / (G * O), g = heads_inner ? n % G : (n / O) % G, o = heads_inner ? (n / G) % O : n % O;
-      const float* head = qkv + b * qs[0] + g * (2 * D + E) * qs[1] + o * q_across;
-      const float s0 = scales[g];
-      const float s1 = in.positional ? scales[G + g] : 0.0f, s2 = in.positional ? scales[2 * G + g] : 0.0f;
-      // position-major: the channels of one position share cache lines in a channels-last map, and a strided walk
-      // along one channel would meet the same cache set at every position where the map's row stride is a multiple
-      // of 4 KiB
-      for (int64_t i = 0; i < L; ++i) {
-        const float* at = head + i * q_step;
-        for (int64_t c = 0; c < D; ++c) {
-          const float qi = at[c * qs[1]], ki = at[(D + c) * qs[1]];
-          q1t[c * Lp + i] = qi * s0;
-          kt[c * L + i] = ki;
-          if (in.positional) {
-            q2t[c * Lp + i] = qi * s1;
-            k3t[c * L + i] = ki * s2;
+  const int64_t per_sequence = (2 * D + E) * L + (in.positional ? 2 : 1) * Lp * E;
+  // sequence n's image, head and position along the other axis
+  auto locate = [&](int64_t n, int64_t& b, int64_t& g, int64_t& o) {
+    b = n / (G * O);
+    g = heads_inner ? n % G : (n / O) % G;
+    o = heads_inner ? (n / G) % O : n % O;
+  };
+  at::parallel_for(0, B * G * O, kGroup, [&](int64_t begin, int64_t end) {
+    std::vector<float> buf = blocked.buffers(kGroup);
+    float* S = blocked.scores(buf.data(), kGroup);
+    // per sequence of a group: kt, k3t (D, L), vt (E, L), sv (Lp, E) and, with positions, sve (Lp, E)
+    std::vector<float> local(kGroup * per_sequence);
+    for (int64_t n0 = begin; n0 < end; n0 += kGroup) {
+      const int64_t count = std::min(kGroup, end - n0);
+      for (int64_t s = 0; s < count; ++s) {
+        int64_t b, g, o;
+        locate(n0 + s, b, g, o);
+        const float* head = qkv + b * qs[0] + g * (2 * D + E) * qs[1] + o * q_across;
+        const float s0 = scales[g];
+        const float s1 = in.positional ? scales[G + g] : 0.0f, s2 = in.positional ? scales[2 * G + g] : 0.0f;
+        float* q1t = blocked.queries(buf.data(), s);
+        float* q2t = q1t + D * Lp;
+        float* kt = local.data() + s * per_sequence;
+        float* k3t = kt + D * L;
+        float* vt = k3t + D * L;
+        // position-major: the channels of one position share cache lines in a channels-last map, and a strided walk
+        // along one channel would meet the same cache set at every position where the map's row stride is a
+        // multiple of 4 KiB
+        for (int64_t i = 0; i < L; ++i) {
+          const float* at = head + i * q_step;
+          for (int64_t c = 0; c < D; ++c) {
+            const float qi = at[c * qs[1]], ki = at[(D + c) * qs[1]];
+            q1t[c * Lp + i] = qi * s0;
+            kt[c * L + i] = ki;
+            if (in.positional) {
+              q2t[c * Lp + i] = qi * s1;
+              k3t[c * L + i] = ki * s2;
+            }
           }
+          for (int64_t e = 0; e < E; ++e) vt[e * L + i] = at[(2 * D + e) * qs[1]];
         }
-        for (int64_t e = 0; e < E; ++e) vt[e * L + i] = at[(2 * D + e) * qs[1]];
       }
-      sequence_blocked(blocked, kt, in.positional ? k3t : nullptr, vt, buf.data(), sv, sve, nullptr);
-      const float* a0 = out_scale + g * E;
-      const float* a1 = in.positional ? out_scale + C + g * E : nullptr;
-      const float* shift = out_shift + g * E;
-      for (int64_t i = 0; i < L; ++i) {
-        float* dst = out + b * os[0] + g * E * os[1] + o * o_across + i * o_step;
-        for (int64_t e = 0; e < E; ++e) {
-          const float value = sv[i * E + e] * a0[e] + shift[e];
-          dst[e * os[1]] = in.positional ? value + sve[i * E + e] * a1[e] : value;
+      for (int64_t i0 = 0; i0 < Lp; i0 += kLanes) {
+        for (int64_t s = 0; s < count; ++s) {
+          const float* kt = local.data() + s * per_sequence;
+          float* sv = local.data() + s * per_sequence + (2 * D + E) * L;
+          row_block(blocked, kt, in.positional ? kt + D * L : nullptr, kt + 2 * D * L, blocked.queries(buf.data(), s),
+                    S, i0, sv, sv + Lp * E, nullptr);
+        }
+      }
+      for (int64_t s = 0; s < count; ++s) {
+        int64_t b, g, o;
+        locate(n0 + s, b, g, o);
+        const float* sv = local.data() + s * per_sequence + (2 * D + E) * L;
+        const float* sve = sv + Lp * E;
+        const float* a0 = out_scale + g * E;
+        const float* a1 = in.positional ? out_scale + C + g * E : nullptr;
+        const float* shift = out_shift + g * E;
+        for (int64_t i = 0; i < L; ++i) {
+          float* dst = out + b * os[0] + g * E * os[1] + o * o_across + i * o_step;
+          for (int64_t e = 0; e < E; ++e) {
+            const float value = sv[i * E + e] * a0[e] + shift[e];
+            dst[e * os[1]] = in.positional ? value + sve[i * E + e] * a1[e] : value;
+          }
         }
       }
     }
@@ -427,13 +462,13 @@ void map_blocked(const float* qkv, const int64_t* qs, int64_t B, int64_t G, int6
 void block_probabilities(const BlockedInputs& blocked, int64_t n, int64_t i0, const float* stats, float* buf) {
   const Inputs<float>& in = blocked.in;
   const int64_t L = in.L, D = in.D;
-  blocked.logits(in.kt + n * D * L, in.positional ? in.k3t + n * D * L : nullptr, i0, buf);
+  float* S = blocked.scores(buf, 1);
+  blocked.logits(in.kt + n * D * L, in.positional ? in.k3t + n * D * L : nullptr, i0, buf, S);
   fv m = fv{}, inv = fv{};
   for (int64_t r = 0; r < std::min(kLanes, L - i0); ++r) {
     m[r] = stats[2 * (n * L + i0 + r)];
     inv[r] = stats[2 * (n * L + i0 + r) + 1];
   }
-  float* S = buf + 2 * D * blocked.Lp;
   for (int64_t j = 0; j < L; ++j) storev(S + j * kLanes, exp_nonpositive(loadv(S + j * kLanes) - m) * inv);
 }
 
@@ -467,7 +502,7 @@ void backward_impl(const Inputs<T>& in, int64_t N, const T* stats, const T* dsv,
           T* pp = p.data();
           if constexpr (blocks) {
             if (i % kLanes == 0) block_probabilities(*blocked, n, i, stats, buf.data());
-            const float* S = buf.data() + 2 * D * blocked->Lp + i % kLanes;
+            const float* S = blocked->scores(buf.data(), 1) + i % kLanes;
             for (int64_t j = 0; j < L; ++j) pp[j] = S[j * kLanes];
           } else {
             row_logits(in, n, i, pp);
