@@ -12,8 +12,9 @@ see the same machine state: on a shared host, runs minutes apart differ by more 
   cross-entropy, backward, Adam).
 - ``channels-last-stem``: the conv stems' channels-last inference forward against their layers run in the input's
   contiguous layout; timed on eval forwards.
-- ``inference-kernel``: the fused CPU kernel's row-block float32 inference forward against its row-wise training
-  forward (the autograd function); timed on eval forwards.
+- ``inference-kernel``: the fused CPU kernel's inference call against its training forward through the autograd
+  function (row-wise until 2026-11-30; since then both run the same row blocks, the training forward also keeping
+  each row's softmax statistics); timed on eval forwards.
 - ``map-kernel``: eval-mode attention layers run by one kernel call from the projected map to the output map (the
   kernel gathers queries, keys and values and writes the normalised output) against the projection's layout copies,
   the kernel on sequences and the output fusion (``eval-fusion``); timed on eval forwards.
@@ -29,6 +30,9 @@ see the same machine state: on a shared host, runs minutes apart differ by more 
 - ``direct-projection``: the attention layers' projection copied once per tensor from the map into the layouts the
   kernel reads (q row-major, k and v channel-major) against one copy of the whole projection into the sequence
   layout, split, then transposed copies of k and v; timed on train steps with ``--train``, else on eval forwards.
+
+``eval-fusion``, ``inference-kernel``, ``direct-projection`` and ``direct-output`` switch ``map-kernel`` off on both
+sides when they time eval forwards: the map-to-map kernel replaces the paths they compare.
 
     python benchmarks/ab_changes.py --change eval-fusion --model MedT --threads 1 --rounds 6
     python benchmarks/ab_changes.py --change logit-moments --model MedT --threads 1 --rounds 6
@@ -56,6 +60,9 @@ import torch
 
 from monai_medt.networks import nets
 from monai_medt.networks.blocks import axial_attention, axial_block, conv_norm, cpu_kernel, logit_moments, stem
+
+
+REPLACED_BY_MAP_KERNEL = ("eval-fusion", "inference-kernel", "direct-projection", "direct-output")
 
 
 def switch(change: str) -> Callable[[bool], None]:
@@ -111,7 +118,7 @@ def switch(change: str) -> Callable[[bool], None]:
     elif change == "inference-kernel":
         blocked = axial_attention.fused_relative_attention
 
-        def row_wise(*args):  # the training forward, which also returns the softmax statistics for a backward
+        def row_wise(*args, needs_grad=None):  # the training forward, which also returns softmax statistics
             return cpu_kernel.FusedRelativeAttentionFunction.apply(*args)
 
         def use(on: bool) -> None:
@@ -184,6 +191,10 @@ def main() -> None:
     optimizer = torch.optim.Adam(net.parameters(), 1e-3)
     x = torch.rand(args.batch, 3, args.size, args.size)
     y = torch.randint(0, 2, (args.batch, args.size, args.size))
+    if args.change in REPLACED_BY_MAP_KERNEL:
+        # these time the paths that the map-to-map kernel replaces in float32 CPU inference (still taken with
+        # gradients, under autocast or without the kernel): the map kernel is off on both sides
+        axial_attention._AxialAttentionBase._map_kernel = lambda self, x: None
     use = switch(args.change)
 
     def outputs() -> list[torch.Tensor]:
