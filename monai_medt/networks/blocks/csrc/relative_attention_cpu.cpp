@@ -312,14 +312,23 @@ void row_block(const BlockedInputs& blocked, const float* kt, const float* k3t, 
   const Inputs<float>& in = blocked.in;
   const int64_t L = in.L, E = in.E, Lp = blocked.Lp;
   const fv m = blocked.logits(kt, k3t, i0, q, S);
-  // compensated (Kahan) sum: the backward's softmax gradient assumes that the probabilities sum to one
-  fv z = fv{}, carry = fv{};
-  for (int64_t j = 0; j < L; ++j) {
-    const fv p = exp_nonpositive(loadv(S + j * kLanes) - m);
-    storev(S + j * kLanes, p);
-    const fv y = p - carry, t = z + y;
-    carry = (t - z) - y;
-    z = t;
+  fv z = fv{};
+  if (stats) {
+    // for a backward, a compensated (Kahan) sum: its softmax gradient assumes that the probabilities sum to one
+    fv carry = fv{};
+    for (int64_t j = 0; j < L; ++j) {
+      const fv p = exp_nonpositive(loadv(S + j * kLanes) - m);
+      storev(S + j * kLanes, p);
+      const fv y = p - carry, t = z + y;
+      carry = (t - z) - y;
+      z = t;
+    }
+  } else {
+    for (int64_t j = 0; j < L; ++j) {
+      const fv p = exp_nonpositive(loadv(S + j * kLanes) - m);
+      storev(S + j * kLanes, p);
+      z += p;
+    }
   }
   const fv inv = 1.0f / z;
   const int64_t rows = std::min(kLanes, L - i0);
