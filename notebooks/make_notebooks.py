@@ -74,7 +74,8 @@ NB1 = [
     ),
     new_markdown_cell(
         "## Speed\n\nFigures written by `python benchmarks/bench_networks.py --json benchmarks/results_cpu_128.json` "
-        "(CPU, 2 threads, 128x128, batch 4; see the README for the official implementation's figures)."
+        "(CPU, 2 threads, 128x128, batch 4; one run on 2026-11-30, a 2-core AMD EPYC Zen 5 with the fused kernel; see "
+        "the README for the official implementation's figures on the same machine)."
     ),
     new_code_cell(
         "rows = json.loads((REPO / 'benchmarks' / 'results_cpu_128.json').read_text())\n"
