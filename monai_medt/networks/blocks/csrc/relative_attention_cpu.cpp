@@ -2,10 +2,10 @@
 // Licensed under the Apache License, Version 2.0 (the "License"); see the LICENSE file.
 //
 // Fused CPU kernel of MedT's relative-position axial attention (see attention_core.py for the math). One pass per
-// query row computes the logits, the softmax and both weighted sums in registers and L1 cache; the backward
-// recomputes the row's attention from its saved max and 1 / sum. The (N, L, L) maps are never materialised, which is
-// what bounds the unfused formulation: its matmuls have inner sizes of 1-8 channels and stream the maps through
-// memory a dozen times per layer.
+// block of query rows (float32: one row per vector lane; float64: one row) computes the logits, the softmax and both
+// weighted sums in registers and L1 cache; the backward recomputes the rows' attention from their saved max and
+// 1 / sum. The (N, L, L) maps are never materialised, which is what bounds the unfused formulation: its matmuls have
+// inner sizes of 1-8 channels and stream the maps through memory a dozen times per layer.
 //
 // Layouts (all contiguous): q1, q2: (N, L, D); kt, k3t: (N, D, L); vt: (N, E, L); rq, wk: (D, L, L); rv: (E, L, L),
 // indexed [c, i, j]. Sequences are independent, so the work is split over n; the position-table gradients, which sum
@@ -23,23 +23,6 @@
 #include <vector>
 
 namespace {
-
-// exp(x) for x <= 0 in a form the compiler vectorises (Cephes' single-precision polynomial, ~1 ulp). Below -87 the
-// result stays at 2^-126 * p(r) instead of underflowing: irrelevant next to the row maximum's exp(0) = 1.
-inline float exp_nonpositive(float x) {
-  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // nearest integer, by the 1.5 * 2^23 shift
-  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  int32_t e = static_cast<int32_t>(n);
-  e = e < -126 ? -126 : e;  // an integer clamp: a float compare would keep the loop from vectorising
-  return p * __builtin_bit_cast(float, (e + 127) << 23);
-}
 
 inline double exp_nonpositive(double x) { return std::exp(x); }
 
@@ -61,7 +44,8 @@ inline fv loadv(const float* p) {
 
 inline void storev(float* p, fv v) { std::memcpy(p, &v, sizeof(v)); }
 
-// exp_nonpositive on every lane, the same polynomial
+// exp(x) for x <= 0 on every lane (Cephes' single-precision polynomial, ~1 ulp). Below -87 the result stays at
+// 2^-126 * p(r) instead of underflowing: irrelevant next to the row maximum's exp(0) = 1.
 inline fv exp_nonpositive(fv x) {
   const fv n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
   const fv r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
@@ -109,7 +93,6 @@ inline void row_logits(const Inputs<T>& in, int64_t n, int64_t i, T* s) {
     const T* r = in.rq + (c * L + i) * L;
     const T* w = in.wk + (c * L + i) * L;
     const T* kc = k3t + c * L;
-    // two separate multiply-adds, as in block_logits: the backward's logits then equal the blocked forward's
 #pragma omp simd
     for (int64_t j = 0; j < L; ++j) {
       s[j] += b * r[j];
@@ -182,8 +165,9 @@ void forward_impl(const Inputs<T>& in, int64_t N, T* sv, T* sve, T* stats) {
 // Float inference forward, kLanes query rows at a time (one lane each): the logits of a block are built in registers
 // over the key positions j, the softmax max and sum run down the lanes, and the weighted sums accumulate in registers,
 // so the row-wise form's per-row horizontal reductions (2 E dot products per row) disappear: about twice as fast on
-// MedT's layer shapes. Training uses it too, keeping each row's max and 1 / sum: the backward recomputes the row's
-// logits row-wise with the same products and sums per logit, so it reproduces the forward's probabilities.
+// MedT's layer shapes. Training uses it too, keeping each row's max and 1 / sum: the backward recomputes each
+// block's probabilities with the same code (block_probabilities), so it reproduces the forward's. Float64 runs the
+// row-wise forward_impl and backward.
 template <int G>
 inline void weighted_sums(const float* S, const float* vt, const float* rvt, int64_t L, int64_t Lp, int64_t i0,
                           fv inv, float* sv_out, float* sve_out, int64_t rows, int64_t E) {
@@ -205,8 +189,8 @@ inline void weighted_sums(const float* S, const float* vt, const float* rvt, int
   }
 }
 
-// Logits of the rows i0..i0+kLanes-1 into S[j, lane] and their maximum over j: the sums of row_logits, vectorised over the
-// rows instead of the key positions. DD is the channel count D of the positional form known at compile time (its
+// Logits of the rows i0..i0+kLanes-1 into S[j, lane] and their maximum over j: the sums of row_logits, vectorised
+// over the rows instead of the key positions. DD is the channel count D of the positional form known at compile time (its
 // query lanes then stay in registers); 0 takes D at run time, and covers the non-positional form.
 template <int DD>
 inline fv block_logits(const float* q1t, const float* q2t, const float* kt, const float* k3t, const float* rqt,
@@ -393,8 +377,8 @@ void map_blocked(const float* qkv, const int64_t* qs, int64_t B, int64_t G, int6
   const int64_t o_step = height ? os[2] : os[3], o_across = height ? os[3] : os[2];
   const BlockedInputs blocked(in);
   const int64_t Lp = blocked.Lp;
-  // neighbouring sequences share cache lines: in a contiguous map those of one head along the other axis (order b, g, o),
-  // in a channels-last map those of the heads at one position (order b, o, g)
+  // neighbouring sequences share cache lines: in a contiguous map those of one head along the other axis (order
+  // b, g, o), in a channels-last map those of the heads at one position (order b, o, g)
   const bool heads_inner = qs[1] == 1;
   const int64_t per_sequence = (2 * D + E) * L + (in.positional ? 2 : 1) * Lp * E;
   // sequence n's image, head and position along the other axis
@@ -628,11 +612,11 @@ std::vector<torch::Tensor> attention_forward(torch::Tensor q1, torch::Tensor kt,
     forward_blocked(in, N, sv.data_ptr<float>(), positional ? sve.data_ptr<float>() : nullptr, stats.data_ptr<float>());
     return {sv, sve, stats};
   }
-  AT_DISPATCH_FLOATING_TYPES(q1.scalar_type(), "medt_attention_forward", [&] {
-    auto in = make_inputs<scalar_t>(q1, kt, q2, k3t, vt, rq, wk, rv, positional);
-    forward_impl<scalar_t>(in, N, sv.data_ptr<scalar_t>(), positional ? sve.data_ptr<scalar_t>() : nullptr,
-                           stats.data_ptr<scalar_t>());
-  });
+  TORCH_CHECK(q1.scalar_type() == torch::kDouble, "medt_attention_forward: float32 or float64 inputs, got ",
+              q1.scalar_type());
+  auto in = make_inputs<double>(q1, kt, q2, k3t, vt, rq, wk, rv, positional);
+  forward_impl<double>(in, N, sv.data_ptr<double>(), positional ? sve.data_ptr<double>() : nullptr,
+                       stats.data_ptr<double>());
   return {sv, sve, stats};
 }
 
