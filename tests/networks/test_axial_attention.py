@@ -27,16 +27,28 @@ def _bn(x: torch.Tensor, norm: torch.nn.BatchNorm2d, train: bool) -> torch.Tenso
     )
 
 
-def reference_attention(layer: AxialAttention, x: torch.Tensor, train: bool) -> torch.Tensor:
-    """Sequence-by-sequence transcription of spec section 2 (einsums over (batch*other, heads, c, L))."""
+def _sequence_qkv(layer: torch.nn.Module, x: torch.Tensor, train: bool):
+    """q, k, v of every column (height) or row (width) as (B*O, heads, c, L), projected and batch-normalised."""
+    seq = x.permute(0, 3, 1, 2) if layer.axis == "height" else x.permute(0, 2, 1, 3)  # (B, O, C, L)
+    n, length = seq.shape[0] * seq.shape[1], seq.shape[3]
+    qkv = torch.einsum("oc,ncl->nol", layer.qkv.weight[:, :, 0, 0], seq.reshape(n, -1, length))
+    qkv = _bn(qkv, layer.qkv_norm, train).view(n, layer.num_heads, 2 * layer.head_dim, length)
+    return torch.split(qkv, [layer.qk_dim, layer.qk_dim, layer.head_dim], dim=2)
+
+
+def _sequences_to_map(layer: torch.nn.Module, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """(B*O, C, L) outputs back to the (B, C, H, W) map of ``x``, average-pooled by the layer's stride."""
     b, _, h, w = x.shape
     height = layer.axis == "height"
-    seq = x.permute(0, 3, 1, 2) if height else x.permute(0, 2, 1, 3)  # (B, O, C, L)
-    o, length = seq.shape[1], seq.shape[3]
-    seq = seq.reshape(b * o, -1, length)
-    qkv = torch.einsum("oc,ncl->nol", layer.qkv.weight[:, :, 0, 0], seq)
-    qkv = _bn(qkv, layer.qkv_norm, train).view(b * o, layer.num_heads, 2 * layer.head_dim, length)
-    q, k, v = torch.split(qkv, [layer.qk_dim, layer.qk_dim, layer.head_dim], dim=2)
+    out = out.reshape(b, w if height else h, layer.out_channels, -1)
+    out = out.permute(0, 2, 3, 1) if height else out.permute(0, 2, 1, 3)
+    return F.avg_pool2d(out, layer.stride) if layer.stride > 1 else out
+
+
+def reference_attention(layer: AxialAttention, x: torch.Tensor, train: bool) -> torch.Tensor:
+    """Sequence-by-sequence transcription of spec section 2 (einsums over (batch*other, heads, c, L))."""
+    q, k, v = _sequence_qkv(layer, x, train)
+    n, length = q.shape[0], q.shape[3]
     rel = torch.arange(length)
     emb = layer.relative[:, rel[:, None] - rel[None, :] + length - 1]
     eq, ek, ev = torch.split(emb, [layer.qk_dim, layer.qk_dim, layer.head_dim], dim=0)
@@ -45,35 +57,26 @@ def reference_attention(layer: AxialAttention, x: torch.Tensor, train: bool) -> 
     qk = torch.einsum("ngci,ngcj->ngij", q, k)
     qr = torch.einsum("ngci,cij->ngij", q, eq) * (gq if before else 1)
     kr = torch.einsum("ngci,cij->ngij", k, ek).transpose(2, 3) * (gk if before else 1)
-    logits = _bn(torch.cat([qk, qr, kr], dim=1), layer.logit_norm, train).view(b * o, 3, layer.num_heads, length, -1)
+    logits = _bn(torch.cat([qk, qr, kr], dim=1), layer.logit_norm, train).view(n, 3, layer.num_heads, length, -1)
     if not before:
         logits = logits * torch.stack([torch.ones(()), gq, gk]).view(1, 3, 1, 1, 1)
     attn = F.softmax(logits.sum(1), dim=3)
     sv = torch.einsum("ngij,ngcj->ngci", attn, v) * (gv if before else 1)
     sve = torch.einsum("ngij,cij->ngci", attn, ev) * (gve if before else 1)
-    out = torch.cat([sv, sve], dim=-1).view(b * o, 2 * layer.out_channels, length)
-    out = _bn(out, layer.out_norm, train).view(b * o, layer.out_channels, 2, length)
+    out = torch.cat([sv, sve], dim=-1).view(n, 2 * layer.out_channels, length)
+    out = _bn(out, layer.out_norm, train).view(n, layer.out_channels, 2, length)
     if not before:
         out = out * torch.stack([gv, gve]).view(1, 1, 2, 1)
-    out = out.sum(2).view(b, o, layer.out_channels, length)
-    out = out.permute(0, 2, 3, 1) if height else out.permute(0, 2, 1, 3)
-    return F.avg_pool2d(out, layer.stride) if layer.stride > 1 else out
+    return _sequences_to_map(layer, out.sum(2), x)
 
 
 def reference_nopos(layer: AxialAttentionNoPos, x: torch.Tensor, train: bool) -> torch.Tensor:
     """The same transcription for the attention without positions: content logits and values only."""
-    b, _, h, w = x.shape
-    height = layer.axis == "height"
-    seq = x.permute(0, 3, 1, 2) if height else x.permute(0, 2, 1, 3)  # (B, O, C, L)
-    o, length = seq.shape[1], seq.shape[3]
-    seq = seq.reshape(b * o, -1, length)
-    qkv = _bn(torch.einsum("oc,ncl->nol", layer.qkv.weight[:, :, 0, 0], seq), layer.qkv_norm, train)
-    q, k, v = torch.split(qkv.view(b * o, layer.num_heads, -1, length), [layer.qk_dim, layer.qk_dim, layer.head_dim], 2)
+    q, k, v = _sequence_qkv(layer, x, train)
+    n, length = q.shape[0], q.shape[3]
     attn = F.softmax(_bn(torch.einsum("ngci,ngcj->ngij", q, k), layer.logit_norm, train), dim=3)
-    sv = torch.einsum("ngij,ngcj->ngci", attn, v).reshape(b * o, layer.out_channels, length)
-    out = _bn(sv, layer.out_norm, train).view(b, o, layer.out_channels, length)
-    out = out.permute(0, 2, 3, 1) if height else out.permute(0, 2, 1, 3)
-    return F.avg_pool2d(out, layer.stride) if layer.stride > 1 else out
+    sv = torch.einsum("ngij,ngcj->ngci", attn, v).reshape(n, layer.out_channels, length)
+    return _sequences_to_map(layer, _bn(sv, layer.out_norm, train), x)
 
 
 def _randomise_norms(layer: torch.nn.Module) -> None:
