@@ -49,7 +49,6 @@ sides when they time eval forwards: the map-to-map kernel replaces the paths the
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import statistics
 import tempfile
@@ -143,18 +142,8 @@ def switch(change: str) -> Callable[[bool], None]:
         if torch.backends.cpu.get_cpu_capability() != "AVX512":
             raise ValueError("--change avx512-build needs a CPU for which PyTorch reports AVX512.")
         native = cpu_kernel.cpu_kernel()
-        reported = torch.backends.cpu.get_cpu_capability
-        previous = os.environ.get("TORCH_EXTENSIONS_DIR")
         with tempfile.TemporaryDirectory() as folder:  # the loaded library stays valid after its file is removed
-            os.environ["TORCH_EXTENSIONS_DIR"] = folder
-            torch.backends.cpu.get_cpu_capability = lambda: "AVX2"
-            try:
-                avx2 = cpu_kernel._build()
-            finally:
-                torch.backends.cpu.get_cpu_capability = reported
-                os.environ.pop("TORCH_EXTENSIONS_DIR")
-                if previous is not None:
-                    os.environ["TORCH_EXTENSIONS_DIR"] = previous
+            avx2 = cpu_kernel._build("AVX2", folder)
 
         def use(on: bool) -> None:
             cpu_kernel._state["kernel"] = native if on else avx2

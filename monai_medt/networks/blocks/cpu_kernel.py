@@ -40,20 +40,21 @@ def _load_built(name: str, path: str) -> ModuleType:
     return module
 
 
-def _build() -> ModuleType:
+def _build(capability: str | None = None, root: str | None = None) -> ModuleType:
     """
     Load the kernel from the cache, or compile it into a private temporary folder and move the library into the cache
     atomically. ``torch.utils.cpp_extension.load`` alone holds a lock file in a shared build folder for every process
     that loads the module; a process killed meanwhile (a served model, a DDP rank) leaves the lock behind and every
     later process waits on it forever. Here nothing waits: concurrent first builds each compile and the last rename
-    wins (same bytes).
+    wins (same bytes). ``capability`` (the vector ISA to build for) and ``root`` (the cache) default to PyTorch's
+    report for this CPU and ``$TORCH_EXTENSIONS_DIR``; tests and benchmarks pass them to build another ISA's library.
     """
     from torch.utils.cpp_extension import load
 
     flags = ["-O3", "-fopenmp"]
     name = "monai_medt_attention"
     # the vector ISA is part of the name: a build cache shared by different machines keeps one build per ISA
-    capability = torch.backends.cpu.get_cpu_capability()
+    capability = capability or torch.backends.cpu.get_cpu_capability()
     if capability in ("AVX2", "AVX512"):
         flags += ["-mavx2", "-mfma"]
         name += "_" + capability.lower()
@@ -64,7 +65,7 @@ def _build() -> ModuleType:
     with open(_SOURCE, "rb") as f:
         key = hashlib.sha256(f.read())
     key.update(" ".join([*flags, torch.__version__, sys.version, sys.platform]).encode())
-    root = os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.expanduser("~/.cache/torch_extensions")
+    root = root or os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.expanduser("~/.cache/torch_extensions")
     cache_dir = os.path.join(root, "monai_medt")
     library = os.path.join(cache_dir, f"{name}-{key.hexdigest()[:16]}.so")
     if os.path.exists(library):
