@@ -57,9 +57,15 @@ def _outputs_and_gradients(outputs, inputs, weights):
 
 
 # (sequences, length, qk channels, value channels): 7 sequences split unevenly over the threads' chunks; lengths
-# below, at and across the float forward's row blocks (8 rows in AVX2 builds, 16 in AVX-512 builds); value channels in
-# its groups of 4 with remainders 3, 2, 1
-SHAPES = [(7, 11, 2, 4), (5, 5, 3, 6), (3, 19, 1, 3), (2, 8, 2, 9), (3, 16, 1, 2)]
+# below, at and across the float path's row blocks (8 rows in AVX2 builds, 16 in AVX-512 builds); value channels in
+# the forward's groups of 4 with remainders 3, 2, 1; the float backward's compiled channel counts (value channels
+# twice the query channels: 1, 2, 4 and 8 query channels) and its general form
+SHAPES = [(7, 11, 2, 4), (5, 5, 3, 6), (3, 19, 1, 3), (2, 8, 2, 9), (3, 16, 1, 2), (3, 37, 4, 8), (2, 20, 8, 16)]
+
+
+def _scale(shape) -> float:
+    """Input scale: the logits grow with the query channels; 2 keeps them at ~50 up to 3 channels, 1 above."""
+    return 2.0 if shape[2] <= 3 else 1.0
 
 
 @pytest.mark.parametrize("positional", [True, False])
@@ -67,7 +73,7 @@ SHAPES = [(7, 11, 2, 4), (5, 5, 3, 6), (3, 19, 1, 3), (2, 8, 2, 9), (3, 16, 1, 2
 @pytest.mark.parametrize("shape", SHAPES)
 def test_fused_matches_pytorch_values_and_gradients(kernel, positional, dtype, shape):
     """Outputs and all eight input gradients against the PyTorch implementation evaluated in float64."""
-    inputs = _inputs(*shape, torch.float64, scale=2.0)
+    inputs = _inputs(*shape, torch.float64, scale=_scale(shape))
     expected = relative_attention(*inputs, positional, 3)
     weights = [torch.randn_like(t) for t in expected]
     expected = _outputs_and_gradients(expected, inputs, weights)
@@ -89,7 +95,7 @@ def test_fused_matches_pytorch_values_and_gradients(kernel, positional, dtype, s
 @pytest.mark.parametrize("shape", SHAPES)
 def test_fused_inference_forward_matches_pytorch(kernel, positional, shape, monkeypatch):
     """Without gradients the kernel's inference call runs (no softmax statistics kept), not the autograd function."""
-    inputs = [t.detach() for t in _inputs(*shape, torch.float64, scale=2.0)]
+    inputs = [t.detach() for t in _inputs(*shape, torch.float64, scale=_scale(shape))]
     expected = relative_attention(*inputs, positional, 3)
 
     def autograd_function(*args):
@@ -109,17 +115,26 @@ def test_fused_inference_forward_matches_pytorch(kernel, positional, shape, monk
 )
 def test_avx2_build_matches_avx512_build(kernel, tmp_path):
     """
-    The AVX-512 build's 16-row inference blocks and the AVX2 build's 8-row blocks compute each row in the same order:
-    the two libraries agree (the AVX2 build is what AVX2-only CPUs run, so it is built here too).
+    The AVX-512 build's 16-row blocks and the AVX2 build's 8-row blocks compute each forward row in the same order, and
+    their backward passes differ only in how the sums over rows are grouped: the two libraries agree (the AVX2 build is
+    what AVX2-only CPUs run, so it is built here too).
     """
     avx2 = kernel_module._build("AVX2", str(tmp_path))
     assert "avx2" in os.path.basename(avx2.__file__) and "avx512" in os.path.basename(kernel.__file__)
+    names = ["sv", "sve", "dq1", "dkt", "dvt", "dq2", "dk3t", "drq", "dwk", "drv"]
     for positional in (True, False):
         for shape in SHAPES + [(4, 64, 2, 4)]:
-            inputs = [t.detach().float() for t in _inputs(*shape, torch.float64, scale=2.0)]
+            inputs = [t.detach().float() for t in _inputs(*shape, torch.float64, scale=_scale(shape))]
             layout = kernel_module._kernel_layout(*inputs, positional)
-            results = zip(["sv", "sve"], avx2.inference(*layout, positional), kernel.inference(*layout, positional))
-            for name, got, want in results:
+            grads = [torch.randn(shape[0], shape[1], shape[3]) for _ in range(2)]
+            if not positional:
+                grads[1] = grads[1].new_empty(0)
+            results = []
+            for module in (avx2, kernel):
+                stats = module.forward(*layout, positional)[2]
+                backward = module.backward(*layout, positional, stats, *grads)
+                results.append([*module.inference(*layout, positional), *backward])
+            for name, got, want in zip(names, *results):
                 atol = 1e-6 * float(want.abs().max()) if want.numel() else 0.0
                 torch.testing.assert_close(got, want, atol=atol, rtol=0, msg=lambda m, n=name, s=shape: f"{s} {n}: {m}")
 
@@ -200,7 +215,7 @@ def test_build_failure_falls_back_with_a_warning(monkeypatch):
 
 
 def test_built_library_loads_without_the_build_tool(kernel):
-    """A cached build is imported directly: no compiler run and no shared lock file that a killed process could leave."""
+    """A cached build is imported directly: no compiler run, no shared lock file that a killed process could leave."""
     code = (
         "import torch.utils.cpp_extension as c\n"
         "def no_build(*a, **k):\n"

@@ -9,7 +9,7 @@
 //
 // Layouts (all contiguous): q1, q2: (N, L, D); kt, k3t: (N, D, L); vt: (N, E, L); rq, wk: (D, L, L); rv: (E, L, L),
 // indexed [c, i, j]. Sequences are independent, so the work is split over n; the position-table gradients, which sum
-// over n, go to one buffer per thread.
+// over n, go to one buffer per chunk of sequences.
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -20,6 +20,7 @@
 #include <algorithm>
 #include <memory>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -169,7 +170,7 @@ void forward_impl(const Inputs<T>& in, int64_t N, T* sv, T* sve, T* stats) {
 // block's probabilities with the same code (block_probabilities), so it reproduces the forward's. Float64 runs the
 // row-wise forward_impl and backward.
 template <int G>
-inline void weighted_sums(const float* S, const float* vt, const float* rvt, int64_t L, int64_t Lp, int64_t i0,
+inline void weighted_sums(const float* S, const float* vt, const float* rvt, int64_t L, int64_t rstride,
                           fv inv, float* sv_out, float* sve_out, int64_t rows, int64_t E) {
   fv acc[G], acce[G];
   for (int g = 0; g < G; ++g) acc[g] = acce[g] = fv{};
@@ -177,7 +178,7 @@ inline void weighted_sums(const float* S, const float* vt, const float* rvt, int
     const fv p = loadv(S + j * kLanes);
     for (int g = 0; g < G; ++g) {
       acc[g] += p * vt[g * L + j];
-      if (rvt) acce[g] += p * loadv(rvt + (g * L + j) * Lp + i0);
+      if (rvt) acce[g] += p * loadv(rvt + j * rstride + g * kLanes);
     }
   }
   for (int g = 0; g < G; ++g) {
@@ -190,12 +191,15 @@ inline void weighted_sums(const float* S, const float* vt, const float* rvt, int
 }
 
 // Logits of the rows i0..i0+kLanes-1 into S[j, lane] and their maximum over j: the sums of row_logits, vectorised
-// over the rows instead of the key positions. DD is the channel count D of the positional form known at compile time (its
-// query lanes then stay in registers); 0 takes D at run time, and covers the non-positional form.
+// over the rows instead of the key positions. DD is the channel count D of the positional form known at compile time
+// (its query lanes then stay in registers); 0 takes D at run time, and covers the non-positional form.
 template <int DD>
 inline fv block_logits(const float* q1t, const float* q2t, const float* kt, const float* k3t, const float* rqt,
                        const float* wkt, int64_t L, int64_t Lp, int64_t D, int64_t i0, float* S) {
   constexpr int R = DD > 0 ? DD : 1;
+  const int64_t C = DD > 0 ? DD : D;
+  rqt += i0 * L * C;  // the row block's slices (see BlockedInputs)
+  wkt += i0 * L * C;
   fv a[R], b[R];
   if (DD > 0) {
     for (int c = 0; c < DD; ++c) {
@@ -210,7 +214,7 @@ inline fv block_logits(const float* q1t, const float* q2t, const float* kt, cons
       s = a[0] * kt[j];
       for (int c = 1; c < DD; ++c) s += a[c] * kt[c * L + j];
       for (int c = 0; c < DD; ++c) {
-        const int64_t t = (c * L + j) * Lp + i0;
+        const int64_t t = (j * C + c) * kLanes;
         s += b[c] * loadv(rqt + t);
         s += k3t[c * L + j] * loadv(wkt + t);
       }
@@ -219,7 +223,7 @@ inline fv block_logits(const float* q1t, const float* q2t, const float* kt, cons
       for (int64_t c = 1; c < D; ++c) s += loadv(q1t + c * Lp + i0) * kt[c * L + j];
       if (k3t) {
         for (int64_t c = 0; c < D; ++c) {
-          const int64_t t = (c * L + j) * Lp + i0;
+          const int64_t t = (j * C + c) * kLanes;
           s += loadv(q2t + c * Lp + i0) * loadv(rqt + t);
           s += k3t[c * L + j] * loadv(wkt + t);
         }
@@ -231,29 +235,37 @@ inline fv block_logits(const float* q1t, const float* q2t, const float* kt, cons
   return m;
 }
 
-// The float path's view of the inputs for row blocks: the position tables transposed to [c, j, i] with the
-// rows padded to Lp (once per call, a few hundred KiB at most, shared by the threads), and per sequence the query
-// rows transposed to (D, Lp) in a thread's buffers.
+// The float path's view of the inputs for row blocks: the position tables rearranged so that each row block's slice
+// is one contiguous run read in the order of its loop over key positions (see slot; once per call, a few hundred KiB
+// at most, shared by the threads), and per sequence the query rows transposed to (D, Lp) in a thread's buffers.
 struct BlockedInputs {
   const Inputs<float>& in;
   int64_t Lp;
   std::vector<float> rqt, wkt, rvt;
 
-  explicit BlockedInputs(const Inputs<float>& inputs) : in(inputs), Lp((inputs.L + kLanes - 1) / kLanes * kLanes) {
+  // where entry (c, i, j) of a table with C channels lies: [i / kLanes][j][c][i % kLanes]. Each row block's slice is
+  // contiguous and read (for gradients, written) in order; with the rows of a block strided across the table (one
+  // vector per (c, j), Lp floats apart), the slices of a 64-position layer fell into a quarter of L1's sets
+  int64_t slot(int64_t i, int64_t j, int64_t c, int64_t C) const {
+    return i / kLanes * kLanes * in.L * C + (j * C + c) * kLanes + i % kLanes;
+  }
+
+  explicit BlockedInputs(const Inputs<float>& inputs)
+      : in(inputs), Lp((inputs.L + kLanes - 1) / kLanes * kLanes) {
     if (!in.positional) return;
     const int64_t L = in.L, D = in.D, E = in.E;
-    rqt.assign(D * L * Lp, 0.0f);
-    wkt.assign(D * L * Lp, 0.0f);
+    rqt.assign(Lp * L * D, 0.0f);
+    wkt.assign(Lp * L * D, 0.0f);
     for (int64_t c = 0; c < D; ++c)
       for (int64_t i = 0; i < L; ++i)
         for (int64_t j = 0; j < L; ++j) {
-          rqt[(c * L + j) * Lp + i] = in.rq[(c * L + i) * L + j];
-          wkt[(c * L + j) * Lp + i] = in.wk[(c * L + i) * L + j];
+          rqt[slot(i, j, c, D)] = in.rq[(c * L + i) * L + j];
+          wkt[slot(i, j, c, D)] = in.wk[(c * L + i) * L + j];
         }
-    rvt.assign(E * L * Lp, 0.0f);
+    rvt.assign(Lp * L * E, 0.0f);
     for (int64_t e = 0; e < E; ++e)
       for (int64_t i = 0; i < L; ++i)
-        for (int64_t j = 0; j < L; ++j) rvt[(e * L + j) * Lp + i] = in.rv[(e * L + i) * L + j];
+        for (int64_t j = 0; j < L; ++j) rvt[slot(i, j, e, E)] = in.rv[(e * L + i) * L + j];
   }
 
   // thread buffers: per sequence of a group q1t and q2t, (D, Lp) each (zero padding), then S, (L, kLanes)
@@ -325,13 +337,13 @@ void row_block(const BlockedInputs& blocked, const float* kt, const float* k3t, 
   float* sv_out = sv + i0 * E;
   float* sve_out = in.positional ? sve + i0 * E : nullptr;
   for (int64_t e0 = 0; e0 < E; e0 += 4) {
-    const float* rv_e = in.positional ? blocked.rvt.data() + e0 * L * Lp : nullptr;
+    const float* rv_e = in.positional ? blocked.rvt.data() + i0 * L * E + e0 * kLanes : nullptr;
     float* sve_e = in.positional ? sve_out + e0 : nullptr;
     switch (std::min<int64_t>(4, E - e0)) {
-      case 4: weighted_sums<4>(S, vt + e0 * L, rv_e, L, Lp, i0, inv, sv_out + e0, sve_e, rows, E); break;
-      case 3: weighted_sums<3>(S, vt + e0 * L, rv_e, L, Lp, i0, inv, sv_out + e0, sve_e, rows, E); break;
-      case 2: weighted_sums<2>(S, vt + e0 * L, rv_e, L, Lp, i0, inv, sv_out + e0, sve_e, rows, E); break;
-      default: weighted_sums<1>(S, vt + e0 * L, rv_e, L, Lp, i0, inv, sv_out + e0, sve_e, rows, E);
+      case 4: weighted_sums<4>(S, vt + e0 * L, rv_e, L, E * kLanes, inv, sv_out + e0, sve_e, rows, E); break;
+      case 3: weighted_sums<3>(S, vt + e0 * L, rv_e, L, E * kLanes, inv, sv_out + e0, sve_e, rows, E); break;
+      case 2: weighted_sums<2>(S, vt + e0 * L, rv_e, L, E * kLanes, inv, sv_out + e0, sve_e, rows, E); break;
+      default: weighted_sums<1>(S, vt + e0 * L, rv_e, L, E * kLanes, inv, sv_out + e0, sve_e, rows, E);
     }
   }
 }
@@ -465,19 +477,207 @@ void block_probabilities(const BlockedInputs& blocked, int64_t n, int64_t i0, co
   for (int64_t j = 0; j < L; ++j) storev(S + j * kLanes, exp_nonpositive(loadv(S + j * kLanes) - m) * inv);
 }
 
+// Lane sums of kLanes vectors at once: lane t of the result is the sum of the lanes of v[t]. Each stage adds the two
+// halves of every group of lanes of two vectors into one (two shuffles and one add), halving the vector count; taking
+// the inputs in bit-reversed order puts the sums in order. About 3 operations per sum, against ~2 log2(kLanes) for
+// a horizontal sum of one vector.
+constexpr int kLaneCount = static_cast<int>(kLanes);
+
+constexpr int lower_lane(int h, int l) {
+  return l % (2 * h) < h ? l / (2 * h) * 2 * h + l % (2 * h) : kLaneCount + l / (2 * h) * 2 * h + l % (2 * h) - h;
+}
+constexpr int upper_lane(int h, int l) { return lower_lane(h, l) + h; }
+
+template <int H, int... I>
+inline fv add_halves(fv a, fv b, std::integer_sequence<int, I...>) {
+#if defined(__clang__)
+  const fv lo = __builtin_shufflevector(a, b, lower_lane(H, I)...);
+  const fv hi = __builtin_shufflevector(a, b, upper_lane(H, I)...);
+#else
+  const fv lo = __builtin_shuffle(a, b, iv{lower_lane(H, I)...});
+  const fv hi = __builtin_shuffle(a, b, iv{upper_lane(H, I)...});
+#endif
+  return lo + hi;
+}
+
+template <int H>
+inline void add_stage(fv* v) {
+  const auto lanes = std::make_integer_sequence<int, kLaneCount>{};
+  for (int p = 0; p < H; ++p) v[p] = add_halves<H>(v[2 * p], v[2 * p + 1], lanes);
+  if constexpr (H > 1) add_stage<H / 2>(v);
+}
+
+constexpr int bit_reversed(int t) {
+  int r = 0;
+  for (int b = 1; b < kLaneCount; b <<= 1) r = (r << 1) | ((t & b) ? 1 : 0);
+  return r;
+}
+
+// Adds to dst[t], t < count, the lane sums of term(t) for t < kLanes (terms from count on are not evaluated); first:
+// assign instead
+template <typename Term>
+inline void add_lane_sums(float* dst, int64_t count, bool first, Term term) {
+  fv v[kLaneCount];
+  for (int t = 0; t < kLaneCount; ++t) v[bit_reversed(t)] = t < count ? term(t) : fv{};
+  add_stage<kLaneCount / 2>(v);
+  for (int64_t t = 0; t < count; ++t) dst[t] = first ? v[0][t] : dst[t] + v[0][t];
+}
+
+// The float backward, on the forward's row blocks (one query row per lane). Per block, after its probabilities p
+// (block_probabilities): a first pass over the key positions j forms da = dL/dp from the output gradients, its row
+// sums delta = sum_j p da and the value-table gradient; a second pass forms ds = p (da - delta), the query gradients
+// (sums over j, in registers) and the logit-table gradients. The table gradients are per (c, i, j) and sum over the
+// sequences, in one buffer per chunk laid out as the tables (see BlockedInputs::slot). dv, dk and dk3 sum over the
+// rows, i.e. across lanes: per block, kLanes key positions at a time (add_lane_sums). (Accumulating them in lanes over
+// a sequence's blocks and summing once per sequence held kLanes times the gradients' size and ran from L2: slower.)
+struct BackwardBuffers {
+  const BlockedInputs& blocked;
+  float *dkt, *dk3t, *dvt;  // the key and value gradients, (N, D, L), (N, D, L), (N, E, L)
+  std::vector<float> queries;  // see BlockedInputs::buffers
+  std::vector<float> da, g, gp;  // (L, kLanes), (E, kLanes), (E, kLanes)
+  std::vector<fv> dq;  // the query gradients' accumulators where D is only known at run time: 2 D
+
+  BackwardBuffers(const BlockedInputs& b, float* dkt_, float* dk3t_, float* dvt_)
+      : blocked(b),
+        dkt(dkt_),
+        dk3t(dk3t_),
+        dvt(dvt_),
+        queries(b.buffers()),
+        da(b.in.L * kLanes),
+        g(b.in.E * kLanes),
+        gp(b.in.E * kLanes),
+        dq(2 * b.in.D) {}
+};
+
+template <int DD, int EE>
+void backward_block(BackwardBuffers& w, int64_t n, int64_t i0, const float* stats, const float* dsv, const float* dsve,
+                    float* dq1, float* dq2, float* tables) {
+  const BlockedInputs& blocked = w.blocked;
+  const Inputs<float>& in = blocked.in;
+  const int64_t L = in.L, D = DD > 0 ? DD : in.D, E = EE > 0 ? EE : in.E, Lp = blocked.Lp;
+  const bool positional = in.positional;
+  float* buf = w.queries.data();
+  block_probabilities(blocked, n, i0, stats, buf);
+  const float* S = blocked.scores(buf, 1);
+  const float* kt = in.kt + n * D * L;
+  const float* k3t = positional ? in.k3t + n * D * L : nullptr;
+  const float* vt = in.vt + n * E * L;
+  // the row block's slices of the tables and of their gradients (see BlockedInputs::slot)
+  const float* __restrict__ rqt = positional ? blocked.rqt.data() + i0 * L * D : nullptr;
+  const float* __restrict__ wkt = positional ? blocked.wkt.data() + i0 * L * D : nullptr;
+  const float* __restrict__ rvt = positional ? blocked.rvt.data() + i0 * L * E : nullptr;
+  float* __restrict__ drqt = positional ? tables + i0 * L * D : nullptr;
+  float* __restrict__ dwkt = positional ? tables + Lp * L * D + i0 * L * D : nullptr;
+  float* __restrict__ drvt = positional ? tables + 2 * Lp * L * D + i0 * L * E : nullptr;
+  float* __restrict__ da = w.da.data();
+  float* __restrict__ g = w.g.data();
+  float* __restrict__ gp = w.gp.data();
+  const int64_t rows = std::min(kLanes, L - i0);
+  for (int64_t e = 0; e < E; ++e)
+    for (int64_t r = 0; r < kLanes; ++r) {
+      g[e * kLanes + r] = r < rows ? dsv[(n * L + i0 + r) * E + e] : 0.0f;
+      if (positional) gp[e * kLanes + r] = r < rows ? dsve[(n * L + i0 + r) * E + e] : 0.0f;
+    }
+  // first pass: da, delta, dv, drv (padding lanes have p = 0 and contribute nothing)
+  fv delta = fv{};
+  for (int64_t j = 0; j < L; ++j) {
+    const fv p = loadv(S + j * kLanes);
+    fv d = fv{};
+    for (int64_t e = 0; e < E; ++e) {
+      const fv ge = loadv(g + e * kLanes);
+      d += ge * vt[e * L + j];
+    }
+    if (positional) {
+      for (int64_t e = 0; e < E; ++e) {
+        const fv ge = loadv(gp + e * kLanes);
+        const int64_t t = (j * E + e) * kLanes;
+        d += ge * loadv(rvt + t);
+        storev(drvt + t, loadv(drvt + t) + p * ge);
+      }
+    }
+    storev(da + j * kLanes, d);
+    delta += p * d;
+  }
+  // the rows' sums: dv[e, j] = sum_i p[i, j] g[i, e], a group of kLanes key positions at a time
+  float* dvt = w.dvt + n * E * L;
+  for (int64_t e = 0; e < E; ++e) {
+    const fv ge = loadv(g + e * kLanes);
+    for (int64_t j0 = 0; j0 < L; j0 += kLanes)
+      add_lane_sums(dvt + e * L + j0, std::min(kLanes, L - j0), i0 == 0,
+                    [&](int64_t t) { return loadv(S + (j0 + t) * kLanes) * ge; });
+  }
+  // second pass: ds and the query, key and logit-table gradients
+  constexpr int R = DD > 0 ? DD : 1;
+  fv local[2 * R];
+  fv* a1 = DD > 0 ? local : w.dq.data();
+  fv* a2 = a1 + D;
+  for (int64_t c = 0; c < 2 * D; ++c) a1[c] = fv{};
+  const float* q1t = buf;
+  const float* q2t = buf + D * Lp;
+  for (int64_t j = 0; j < L; ++j) {
+    const fv ds = loadv(S + j * kLanes) * (loadv(da + j * kLanes) - delta);
+    storev(da + j * kLanes, ds);
+    for (int64_t c = 0; c < D; ++c) a1[c] += ds * kt[c * L + j];
+    if (positional) {
+      for (int64_t c = 0; c < D; ++c) {
+        const int64_t t = (j * D + c) * kLanes;
+        a2[c] += ds * loadv(rqt + t);
+        storev(drqt + t, loadv(drqt + t) + ds * loadv(q2t + c * Lp + i0));
+        storev(dwkt + t, loadv(dwkt + t) + ds * k3t[c * L + j]);
+      }
+    }
+  }
+  // the rows' sums: dk[c, j] = sum_i ds[i, j] q1[i, c], dk3[c, j] = sum_i ds[i, j] wk[c, i, j]
+  const float* dsb = da;
+  float* dkt = w.dkt + n * D * L;
+  float* dk3t = positional ? w.dk3t + n * D * L : nullptr;
+  for (int64_t c = 0; c < D; ++c) {
+    const fv q = loadv(q1t + c * Lp + i0);
+    for (int64_t j0 = 0; j0 < L; j0 += kLanes) {
+      const int64_t count = std::min(kLanes, L - j0);
+      add_lane_sums(dkt + c * L + j0, count, i0 == 0, [&](int64_t t) { return loadv(dsb + (j0 + t) * kLanes) * q; });
+      if (positional) {
+        const float* wkc = wkt + (j0 * D + c) * kLanes;
+        add_lane_sums(dk3t + c * L + j0, count, i0 == 0,
+                      [&](int64_t t) { return loadv(dsb + (j0 + t) * kLanes) * loadv(wkc + t * D * kLanes); });
+      }
+    }
+  }
+  for (int64_t c = 0; c < D; ++c)
+    for (int64_t r = 0; r < rows; ++r) {
+      dq1[(n * L + i0 + r) * D + c] = a1[c][r];
+      if (positional) dq2[(n * L + i0 + r) * D + c] = a2[c][r];
+    }
+}
+
+// Sequences [begin, end) of one chunk; tables: the chunk's table gradients (rq, wk, rv in the slot layout), zeroed
+void backward_chunk(const BlockedInputs& blocked, int64_t begin, int64_t end, const float* stats, const float* dsv,
+                    const float* dsve, float* dq1, float* dkt, float* dq2, float* dk3t, float* dvt, float* tables) {
+  const Inputs<float>& in = blocked.in;
+  BackwardBuffers w(blocked, dkt, dk3t, dvt);
+  for (int64_t n = begin; n < end; ++n) {
+    blocked.load_queries(n, w.queries.data());
+    for (int64_t i0 = 0; i0 < blocked.Lp; i0 += kLanes) {
+      // the networks' shapes (value channels twice the query channels) with both counts known at compile time
+      switch (in.E == 2 * in.D ? in.D : 0) {
+        case 1: backward_block<1, 2>(w, n, i0, stats, dsv, dsve, dq1, dq2, tables); break;
+        case 2: backward_block<2, 4>(w, n, i0, stats, dsv, dsve, dq1, dq2, tables); break;
+        case 4: backward_block<4, 8>(w, n, i0, stats, dsv, dsve, dq1, dq2, tables); break;
+        case 8: backward_block<8, 16>(w, n, i0, stats, dsv, dsve, dq1, dq2, tables); break;
+        default: backward_block<0, 0>(w, n, i0, stats, dsv, dsve, dq1, dq2, tables);
+      }
+    }
+  }
+}
+
+// The float64 backward, row by row (the reference precision path; float32 runs backward_chunk)
 template <typename T>
 void backward_impl(const Inputs<T>& in, int64_t N, const T* stats, const T* dsv, const T* dsve, T* dq1, T* dkt,
                    T* dq2, T* dk3t, T* dvt, T* drq, T* dwk, T* drv, int64_t chunks) {
   const int64_t L = in.L, D = in.D, E = in.E;
   const int64_t table = L * L;
-  // float: the probabilities come from the blocked forward's own computation (see block_probabilities)
-  constexpr bool blocks = std::is_same<T, float>::value;
-  std::unique_ptr<BlockedInputs> blocked;
-  if constexpr (blocks) blocked = std::make_unique<BlockedInputs>(in);
   // one chunk of sequences per table-gradient buffer (not per thread id, which nested or inline calls do not bound)
   at::parallel_for(0, chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
-    std::vector<float> buf;
-    if constexpr (blocks) buf = blocked->buffers();
     for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
       T* drq_t = in.positional ? drq + chunk * D * table : nullptr;
       T* dwk_t = in.positional ? dwk + chunk * D * table : nullptr;
@@ -490,19 +690,12 @@ void backward_impl(const Inputs<T>& in, int64_t N, const T* stats, const T* dsv,
         const T* q1 = in.q1 + n * L * D;
         T* dkt_n = dkt + n * D * L;
         T* dvt_n = dvt + n * E * L;
-        if constexpr (blocks) blocked->load_queries(n, buf.data());
         for (int64_t i = 0; i < L; ++i) {
           T* pp = p.data();
-          if constexpr (blocks) {
-            if (i % kLanes == 0) block_probabilities(*blocked, n, i, stats, buf.data());
-            const float* S = blocked->scores(buf.data(), 1) + i % kLanes;
-            for (int64_t j = 0; j < L; ++j) pp[j] = S[j * kLanes];
-          } else {
-            row_logits(in, n, i, pp);
-            const T m = stats[2 * (n * L + i)], inv = stats[2 * (n * L + i) + 1];
+          row_logits(in, n, i, pp);
+          const T m = stats[2 * (n * L + i)], inv = stats[2 * (n * L + i) + 1];
 #pragma omp simd
-            for (int64_t j = 0; j < L; ++j) pp[j] = exp_nonpositive(pp[j] - m) * inv;
-          }
+          for (int64_t j = 0; j < L; ++j) pp[j] = exp_nonpositive(pp[j] - m) * inv;
           const T* g = dsv + (n * L + i) * E;
           for (int64_t e = 0; e < E; ++e) {
             const T ge = g[e];
@@ -685,6 +878,42 @@ std::vector<torch::Tensor> attention_backward(torch::Tensor q1, torch::Tensor kt
   if (positional) check(dsve, "dsve", 3);
   const int64_t N = q1.size(0), L = q1.size(1), D = q1.size(2), E = vt.size(1);
   const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), N));
+  if (q1.scalar_type() == torch::kFloat) {
+    const auto in = make_inputs<float>(q1, kt, q2, k3t, vt, rq, wk, rv, positional);
+    const BlockedInputs blocked(in);
+    const int64_t Lp = blocked.Lp, per_chunk = (2 * D + E) * L * Lp;
+    // every entry of these is written once (the float path assigns each sequence's key and value gradients)
+    auto dq1 = torch::empty_like(q1), dkt = torch::empty_like(kt), dvt = torch::empty_like(vt);
+    auto dq2 = positional ? torch::empty_like(q2) : q1.new_empty(0);
+    auto dk3t = positional ? torch::empty_like(k3t) : q1.new_empty(0);
+    std::vector<float> tables(positional ? chunks * per_chunk : 0, 0.0f);
+    auto ptr = [&](torch::Tensor& t) { return positional ? t.data_ptr<float>() : nullptr; };
+    at::parallel_for(0, chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
+      for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk)
+        backward_chunk(blocked, N * chunk / chunks, N * (chunk + 1) / chunks, stats.data_ptr<float>(),
+                       dsv.data_ptr<float>(), positional ? dsve.data_ptr<float>() : nullptr, dq1.data_ptr<float>(),
+                       dkt.data_ptr<float>(), ptr(dq2), ptr(dk3t), dvt.data_ptr<float>(),
+                       positional ? tables.data() + chunk * per_chunk : nullptr);
+    });
+    if (!positional) return {dq1, dkt, dvt};
+    // the chunks' sums, from the slot layout back to [c, i, j]
+    auto drq = torch::empty({D, L, L}, q1.options()), dwk = torch::empty({D, L, L}, q1.options());
+    auto drv = torch::empty({E, L, L}, q1.options());
+    float* out[3] = {drq.data_ptr<float>(), dwk.data_ptr<float>(), drv.data_ptr<float>()};
+    const int64_t first[3] = {0, Lp * L * D, 2 * Lp * L * D}, count[3] = {D, D, E};
+    for (int t = 0; t < 3; ++t)
+      for (int64_t c = 0; c < count[t]; ++c)
+        for (int64_t i = 0; i < L; ++i)
+          for (int64_t j = 0; j < L; ++j) {
+            float sum = 0.0f;
+            for (int64_t chunk = 0; chunk < chunks; ++chunk)
+              sum += tables[chunk * per_chunk + first[t] + blocked.slot(i, j, c, count[t])];
+            out[t][(c * L + i) * L + j] = sum;
+          }
+    return {dq1, dkt, dvt, dq2, dk3t, drq, dwk, drv};
+  }
+  TORCH_CHECK(q1.scalar_type() == torch::kDouble, "medt_attention_backward: float32 or float64 inputs, got ",
+              q1.scalar_type());
   auto dq1 = torch::empty_like(q1);
   auto dkt = torch::zeros_like(kt);
   auto dvt = torch::zeros_like(vt);
@@ -696,14 +925,11 @@ std::vector<torch::Tensor> attention_backward(torch::Tensor q1, torch::Tensor kt
     dwk = torch::zeros({chunks, D, L, L}, q1.options());
     drv = torch::zeros({chunks, E, L, L}, q1.options());
   }
-  AT_DISPATCH_FLOATING_TYPES(q1.scalar_type(), "medt_attention_backward", [&] {
-    auto in = make_inputs<scalar_t>(q1, kt, q2, k3t, vt, rq, wk, rv, positional);
-    auto ptr = [&](torch::Tensor& t) { return positional ? t.data_ptr<scalar_t>() : nullptr; };
-    backward_impl<scalar_t>(in, N, stats.data_ptr<scalar_t>(), dsv.data_ptr<scalar_t>(),
-                            positional ? dsve.data_ptr<scalar_t>() : nullptr, dq1.data_ptr<scalar_t>(),
-                            dkt.data_ptr<scalar_t>(), ptr(dq2), ptr(dk3t), dvt.data_ptr<scalar_t>(), ptr(drq),
-                            ptr(dwk), ptr(drv), chunks);
-  });
+  auto in = make_inputs<double>(q1, kt, q2, k3t, vt, rq, wk, rv, positional);
+  auto ptr = [&](torch::Tensor& t) { return positional ? t.data_ptr<double>() : nullptr; };
+  backward_impl<double>(in, N, stats.data_ptr<double>(), dsv.data_ptr<double>(),
+                        positional ? dsve.data_ptr<double>() : nullptr, dq1.data_ptr<double>(), dkt.data_ptr<double>(),
+                        ptr(dq2), ptr(dk3t), dvt.data_ptr<double>(), ptr(drq), ptr(dwk), ptr(drv), chunks);
   if (!positional) return {dq1, dkt, dvt};
   return {dq1, dkt, dvt, dq2, dk3t, drq.sum(0), dwk.sum(0), drv.sum(0)};
 }
