@@ -4,9 +4,12 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
+from monai_medt.networks.blocks.cpu_kernel import KERNEL_ENV, cpu_kernel
 from monai_medt.networks.blocks.logit_moments import logit_moments, logit_moments_reference
 
 
@@ -60,3 +63,37 @@ def test_position_tables_given_together():
     q, k, rq, _ = _inputs(1)
     with pytest.raises(ValueError, match="rq and wk"):
         logit_moments(q, k, rq, None)
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 4, 8])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cpu_kernel_matches_pytorch_form(channels, dtype, monkeypatch):
+    """
+    The kernel's one-pass sums and gradient (used on the CPU) against the PyTorch form (the kernel switched off), with
+    k a transposed view as the attention layers pass it; compiled channel counts 1, 2, 4, 8 and the general form.
+    """
+    if os.environ.get(KERNEL_ENV) == "0" or cpu_kernel() is None:
+        pytest.skip("the fused CPU kernel is disabled or did not build")
+    g = torch.Generator().manual_seed(channels)
+    q = (torch.randn(5, 3, 7, channels, generator=g) + 1.5).to(dtype)
+    k = (torch.randn(15, channels, 7, generator=g) + 1.5).to(dtype).transpose(1, 2).reshape(5, 3, 7, channels)
+    rq, wk = [(torch.randn(channels, 7, 7, generator=g) + 1.5).to(dtype) for _ in range(2)]
+    weights = torch.randn(2, 3, 3, dtype=torch.float64, generator=g)
+    results = []
+    for enabled in ("1", "0"):
+        monkeypatch.setenv(KERNEL_ENV, enabled)
+        for tables in ((rq, wk), (None, None)):
+            inputs = [t.detach().requires_grad_() for t in (q, k)] + [
+                None if t is None else t.detach().requires_grad_() for t in tables
+            ]
+            means, squares = logit_moments(*inputs)
+            terms = means.shape[0]
+            loss = (means * weights[0, :terms] + squares * weights[1, :terms]).sum()
+            grads = torch.autograd.grad(loss, [t for t in inputs if t is not None])
+            results.append([means, squares, *grads])
+    kernel_results, pytorch_results = results[:2], results[2:]
+    for got_all, want_all in zip(kernel_results, pytorch_results):
+        for got, want in zip(got_all, want_all):
+            assert got.dtype == want.dtype
+            # both accumulate in float64; only the summation order differs
+            torch.testing.assert_close(got, want, rtol=1e-12 if dtype == torch.float64 else 1e-6, atol=1e-12)

@@ -934,9 +934,154 @@ std::vector<torch::Tensor> attention_backward(torch::Tensor q1, torch::Tensor kt
   return {dq1, dkt, dvt, dq2, dk3t, drq.sum(0), dwk.sum(0), drv.sum(0)};
 }
 
+// Logit moments (logit_moments.py): for x (R, G, L, c) of any strides, in float64, the per-(sequence, head) sums over
+// positions of x and x x^T, and where per_position, the per-(head, position) sums over sequences of x and x x^T.
+// One read of x in its index order (the per-position sums go to one buffer per chunk of sequences), instead of a
+// float64 copy of x and a dozen batched matmuls of 1-8 channels. CC: c known at compile time (0: at run time).
+template <int CC, typename scalar_t>
+void moment_sums_impl(const scalar_t* p, const int64_t* st, int64_t R, int64_t G, int64_t L, int64_t c,
+                      bool per_position, double* xsum, double* gram, double* xpos, double* mom) {
+  const int64_t C = CC > 0 ? CC : c;
+  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), R));
+  const int64_t per_chunk = per_position ? G * L * C * (C + 1) : 0;
+  std::vector<double> partial(chunks * per_chunk, 0.0);
+  at::parallel_for(0, chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
+    std::vector<double> heap(CC > 0 ? 0 : C);
+    double local[CC > 0 ? CC : 1];
+    double* x = CC > 0 ? local : heap.data();
+    for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
+      double* ppos = partial.data() + chunk * per_chunk;  // (G, L, c) sums, then (G, L, c, c) outer products
+      double* pmom = ppos + G * L * C;
+      for (int64_t r = R * chunk / chunks; r < R * (chunk + 1) / chunks; ++r)
+        for (int64_t g = 0; g < G; ++g) {
+          double* s = xsum + (r * G + g) * C;
+          double* m = gram + (r * G + g) * C * C;
+          std::fill(s, s + C, 0.0);
+          std::fill(m, m + C * C, 0.0);
+          const scalar_t* base = p + r * st[0] + g * st[1];
+          for (int64_t i = 0; i < L; ++i) {
+            for (int64_t a = 0; a < C; ++a) x[a] = static_cast<double>(base[i * st[2] + a * st[3]]);
+            double* ps = per_position ? ppos + (g * L + i) * C : nullptr;
+            double* pm = per_position ? pmom + (g * L + i) * C * C : nullptr;
+            for (int64_t a = 0; a < C; ++a) {
+              s[a] += x[a];
+              if (per_position) ps[a] += x[a];
+              for (int64_t b = 0; b < C; ++b) {
+                m[a * C + b] += x[a] * x[b];
+                if (per_position) pm[a * C + b] += x[a] * x[b];
+              }
+            }
+          }
+        }
+    }
+  });
+  if (!per_position) return;
+  for (int64_t t = 0; t < per_chunk; ++t) {
+    double sum = 0.0;
+    for (int64_t chunk = 0; chunk < chunks; ++chunk) sum += partial[chunk * per_chunk + t];
+    (t < G * L * C ? xpos[t] : mom[t - G * L * C]) = sum;
+  }
+}
+
+std::vector<torch::Tensor> moment_sums(torch::Tensor x, bool per_position) {
+  TORCH_CHECK(x.device().is_cpu() && x.dim() == 4, "moment_sums: x must be a 4D CPU tensor (R, G, L, c)");
+  const int64_t R = x.size(0), G = x.size(1), L = x.size(2), C = x.size(3);
+  const auto opts = x.options().dtype(torch::kDouble);
+  const int64_t GP = per_position ? G : 0;
+  auto xsum = torch::empty({R, G, C}, opts), gram = torch::empty({R, G, C, C}, opts);
+  auto xpos = torch::empty({GP, L, C}, opts), mom = torch::empty({GP, L, C, C}, opts);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "moment_sums", [&] {
+    const scalar_t* p = x.data_ptr<scalar_t>();
+    double* xp = per_position ? xpos.data_ptr<double>() : nullptr;
+    double* mo = per_position ? mom.data_ptr<double>() : nullptr;
+    double* out[4] = {xsum.data_ptr<double>(), gram.data_ptr<double>(), xp, mo};
+    const int64_t* st = x.strides().data();
+    switch (C) {
+      case 1: moment_sums_impl<1>(p, st, R, G, L, C, per_position, out[0], out[1], out[2], out[3]); break;
+      case 2: moment_sums_impl<2>(p, st, R, G, L, C, per_position, out[0], out[1], out[2], out[3]); break;
+      case 4: moment_sums_impl<4>(p, st, R, G, L, C, per_position, out[0], out[1], out[2], out[3]); break;
+      case 8: moment_sums_impl<8>(p, st, R, G, L, C, per_position, out[0], out[1], out[2], out[3]); break;
+      default: moment_sums_impl<0>(p, st, R, G, L, C, per_position, out[0], out[1], out[2], out[3]);
+    }
+  });
+  return {xsum, gram, xpos, mom};
+}
+
+template <int CC, typename scalar_t>
+void moment_grad_impl(const scalar_t* p, const int64_t* st, int64_t R, int64_t G, int64_t L, int64_t c,
+                      const double* mat, const double* pos, const double* lin, const double* lin_pos, scalar_t* out) {
+  const int64_t C = CC > 0 ? CC : c;
+  at::parallel_for(0, R * G, 16, [&](int64_t begin, int64_t end) {
+    std::vector<double> heap(CC > 0 ? 0 : 2 * C);
+    double local[CC > 0 ? 2 * CC : 1];
+    double* x = CC > 0 ? local : heap.data();
+    double* y = x + C;
+    for (int64_t rg = begin; rg < end; ++rg) {
+      const int64_t g = rg % G;
+      const scalar_t* base = p + rg / G * st[0] + g * st[1];
+      const double* m = mat + rg * C * C;
+      for (int64_t i = 0; i < L; ++i) {
+        for (int64_t a = 0; a < C; ++a) x[a] = static_cast<double>(base[i * st[2] + a * st[3]]);
+        for (int64_t a = 0; a < C; ++a) {
+          double acc = lin[rg * C + a];
+          for (int64_t b = 0; b < C; ++b) acc += m[a * C + b] * x[b];
+          y[a] = acc;
+        }
+        if (pos) {
+          const double* pg = pos + (g * L + i) * C * C;
+          for (int64_t a = 0; a < C; ++a) {
+            double acc = lin_pos[(g * L + i) * C + a];
+            for (int64_t b = 0; b < C; ++b) acc += pg[a * C + b] * x[b];
+            y[a] += acc;
+          }
+        }
+        for (int64_t a = 0; a < C; ++a) out[(rg * L + i) * C + a] = static_cast<scalar_t>(y[a]);
+      }
+    }
+  });
+}
+
+// The moments' gradient with respect to x (R, G, L, c): dx[r, g, i] = (mat[r, g] + pos[g, i]) x[r, g, i] + lin[r, g]
+// + lin_pos[g, i], with mat (R, G, c, c), lin (R, G, c) and, optional (empty), pos (G, L, c, c), lin_pos (G, L, c),
+// all float64; dx is contiguous, in x's dtype, computed in float64.
+torch::Tensor moment_grad(torch::Tensor x, torch::Tensor mat, torch::Tensor pos, torch::Tensor lin,
+                          torch::Tensor lin_pos) {
+  TORCH_CHECK(x.device().is_cpu() && x.dim() == 4, "moment_grad: x must be a 4D CPU tensor (R, G, L, c)");
+  const int64_t R = x.size(0), G = x.size(1), L = x.size(2), C = x.size(3);
+  const bool positional = pos.numel() > 0;
+  for (const auto& t : {mat, lin}) TORCH_CHECK(t.scalar_type() == torch::kDouble && t.is_contiguous(), "float64");
+  TORCH_CHECK(mat.numel() == R * G * C * C && lin.numel() == R * G * C, "moment_grad: mat (R, G, c, c), lin (R, G, c)");
+  if (positional) {
+    TORCH_CHECK(pos.scalar_type() == torch::kDouble && pos.is_contiguous() && pos.numel() == G * L * C * C,
+                "moment_grad: pos must be float64 (G, L, c, c)");
+    TORCH_CHECK(lin_pos.scalar_type() == torch::kDouble && lin_pos.is_contiguous() && lin_pos.numel() == G * L * C,
+                "moment_grad: lin_pos must be float64 (G, L, c)");
+  }
+  auto dx = torch::empty({R, G, L, C}, x.options().memory_format(at::MemoryFormat::Contiguous));
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "moment_grad", [&] {
+    const scalar_t* p = x.data_ptr<scalar_t>();
+    const int64_t* st = x.strides().data();
+    const double* m = mat.data_ptr<double>();
+    const double* l = lin.data_ptr<double>();
+    const double* pp = positional ? pos.data_ptr<double>() : nullptr;
+    const double* lp = positional ? lin_pos.data_ptr<double>() : nullptr;
+    scalar_t* out = dx.data_ptr<scalar_t>();
+    switch (C) {
+      case 1: moment_grad_impl<1>(p, st, R, G, L, C, m, pp, l, lp, out); break;
+      case 2: moment_grad_impl<2>(p, st, R, G, L, C, m, pp, l, lp, out); break;
+      case 4: moment_grad_impl<4>(p, st, R, G, L, C, m, pp, l, lp, out); break;
+      case 8: moment_grad_impl<8>(p, st, R, G, L, C, m, pp, l, lp, out); break;
+      default: moment_grad_impl<0>(p, st, R, G, L, C, m, pp, l, lp, out);
+    }
+  });
+  return dx;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &attention_forward, "MedT relative axial attention, fused forward (CPU)");
   m.def("inference", &attention_inference, "the same forward without softmax statistics, for inference (CPU)");
   m.def("inference_map", &attention_inference_map, "eval-mode layer from its projected map to its output map (CPU)");
   m.def("backward", &attention_backward, "MedT relative axial attention, fused backward (CPU)");
+  m.def("moment_sums", &moment_sums, "float64 sums of x and x x^T per (sequence, head) and per (head, position)");
+  m.def("moment_grad", &moment_grad, "gradient of the logit moments with respect to q or k");
 }
