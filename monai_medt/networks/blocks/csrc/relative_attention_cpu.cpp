@@ -488,8 +488,17 @@ constexpr int lower_lane(int h, int l) {
 }
 constexpr int upper_lane(int h, int l) { return lower_lane(h, l) + h; }
 
+// the lane-sum helpers must be inlined and their loops unrolled, so that lane indices and the vectors stay
+// compile-time constants and registers (a loop left rolled kept them in memory and computed bit reversals at run time)
+#if defined(__clang__)
+#define MEDT_UNROLL _Pragma("unroll")
+#else
+#define MEDT_UNROLL _Pragma("GCC unroll 16")
+#endif
+#define MEDT_INLINE inline __attribute__((always_inline))
+
 template <int H, int... I>
-inline fv add_halves(fv a, fv b, std::integer_sequence<int, I...>) {
+MEDT_INLINE fv add_halves(fv a, fv b, std::integer_sequence<int, I...>) {
 #if defined(__clang__)
   const fv lo = __builtin_shufflevector(a, b, lower_lane(H, I)...);
   const fv hi = __builtin_shufflevector(a, b, upper_lane(H, I)...);
@@ -501,8 +510,9 @@ inline fv add_halves(fv a, fv b, std::integer_sequence<int, I...>) {
 }
 
 template <int H>
-inline void add_stage(fv* v) {
+MEDT_INLINE void add_stage(fv* v) {
   const auto lanes = std::make_integer_sequence<int, kLaneCount>{};
+  MEDT_UNROLL
   for (int p = 0; p < H; ++p) v[p] = add_halves<H>(v[2 * p], v[2 * p + 1], lanes);
   if constexpr (H > 1) add_stage<H / 2>(v);
 }
@@ -516,8 +526,9 @@ constexpr int bit_reversed(int t) {
 // Adds to dst[t], t < count, the lane sums of term(t) for t < kLanes (terms from count on are not evaluated); first:
 // assign instead
 template <typename Term>
-inline void add_lane_sums(float* dst, int64_t count, bool first, Term term) {
+MEDT_INLINE void add_lane_sums(float* dst, int64_t count, bool first, Term term) {
   fv v[kLaneCount];
+  MEDT_UNROLL
   for (int t = 0; t < kLaneCount; ++t) v[bit_reversed(t)] = t < count ? term(t) : fv{};
   add_stage<kLaneCount / 2>(v);
   for (int64_t t = 0; t < count; ++t) dst[t] = first ? v[0][t] : dst[t] + v[0][t];
@@ -549,13 +560,14 @@ struct BackwardBuffers {
         dq(2 * b.in.D) {}
 };
 
-template <int DD, int EE>
+// DD, EE: the query and value channel counts known at compile time (0: at run time); POS: the positional form
+template <int DD, int EE, bool POS>
 void backward_block(BackwardBuffers& w, int64_t n, int64_t i0, const float* stats, const float* dsv, const float* dsve,
                     float* dq1, float* dq2, float* tables) {
   const BlockedInputs& blocked = w.blocked;
   const Inputs<float>& in = blocked.in;
   const int64_t L = in.L, D = DD > 0 ? DD : in.D, E = EE > 0 ? EE : in.E, Lp = blocked.Lp;
-  const bool positional = in.positional;
+  constexpr bool positional = POS;
   float* buf = w.queries.data();
   block_probabilities(blocked, n, i0, stats, buf);
   const float* S = blocked.scores(buf, 1);
@@ -578,18 +590,26 @@ void backward_block(BackwardBuffers& w, int64_t n, int64_t i0, const float* stat
       g[e * kLanes + r] = r < rows ? dsv[(n * L + i0 + r) * E + e] : 0.0f;
       if (positional) gp[e * kLanes + r] = r < rows ? dsve[(n * L + i0 + r) * E + e] : 0.0f;
     }
+  // the output gradients (and below, the second queries) in registers where the channel counts are compile-time
+  constexpr int ER = EE > 0 ? EE : 1, DR = DD > 0 ? DD : 1;
+  fv g_reg[ER], gp_reg[ER], q2_reg[DR];
+  if constexpr (EE > 0) {
+    for (int e = 0; e < EE; ++e) {
+      g_reg[e] = loadv(g + e * kLanes);
+      gp_reg[e] = positional ? loadv(gp + e * kLanes) : fv{};
+    }
+  }
+  auto g_of = [&](int64_t e) { return EE > 0 ? g_reg[e] : loadv(g + e * kLanes); };
+  auto gp_of = [&](int64_t e) { return EE > 0 ? gp_reg[e] : loadv(gp + e * kLanes); };
   // first pass: da, delta, dv, drv (padding lanes have p = 0 and contribute nothing)
   fv delta = fv{};
   for (int64_t j = 0; j < L; ++j) {
     const fv p = loadv(S + j * kLanes);
     fv d = fv{};
-    for (int64_t e = 0; e < E; ++e) {
-      const fv ge = loadv(g + e * kLanes);
-      d += ge * vt[e * L + j];
-    }
+    for (int64_t e = 0; e < E; ++e) d += g_of(e) * vt[e * L + j];
     if (positional) {
       for (int64_t e = 0; e < E; ++e) {
-        const fv ge = loadv(gp + e * kLanes);
+        const fv ge = gp_of(e);
         const int64_t t = (j * E + e) * kLanes;
         d += ge * loadv(rvt + t);
         storev(drvt + t, loadv(drvt + t) + p * ge);
@@ -601,7 +621,7 @@ void backward_block(BackwardBuffers& w, int64_t n, int64_t i0, const float* stat
   // the rows' sums: dv[e, j] = sum_i p[i, j] g[i, e], a group of kLanes key positions at a time
   float* dvt = w.dvt + n * E * L;
   for (int64_t e = 0; e < E; ++e) {
-    const fv ge = loadv(g + e * kLanes);
+    const fv ge = g_of(e);
     for (int64_t j0 = 0; j0 < L; j0 += kLanes)
       add_lane_sums(dvt + e * L + j0, std::min(kLanes, L - j0), i0 == 0,
                     [&](int64_t t) { return loadv(S + (j0 + t) * kLanes) * ge; });
@@ -614,6 +634,10 @@ void backward_block(BackwardBuffers& w, int64_t n, int64_t i0, const float* stat
   for (int64_t c = 0; c < 2 * D; ++c) a1[c] = fv{};
   const float* q1t = buf;
   const float* q2t = buf + D * Lp;
+  if constexpr (DD > 0 && POS) {
+    for (int c = 0; c < DD; ++c) q2_reg[c] = loadv(q2t + c * Lp + i0);
+  }
+  auto q2_of = [&](int64_t c) { return DD > 0 ? q2_reg[c] : loadv(q2t + c * Lp + i0); };
   for (int64_t j = 0; j < L; ++j) {
     const fv ds = loadv(S + j * kLanes) * (loadv(da + j * kLanes) - delta);
     storev(da + j * kLanes, ds);
@@ -622,7 +646,7 @@ void backward_block(BackwardBuffers& w, int64_t n, int64_t i0, const float* stat
       for (int64_t c = 0; c < D; ++c) {
         const int64_t t = (j * D + c) * kLanes;
         a2[c] += ds * loadv(rqt + t);
-        storev(drqt + t, loadv(drqt + t) + ds * loadv(q2t + c * Lp + i0));
+        storev(drqt + t, loadv(drqt + t) + ds * q2_of(c));
         storev(dwkt + t, loadv(dwkt + t) + ds * k3t[c * L + j]);
       }
     }
@@ -650,6 +674,15 @@ void backward_block(BackwardBuffers& w, int64_t n, int64_t i0, const float* stat
     }
 }
 
+template <int DD, int EE>
+void backward_block_any(BackwardBuffers& w, int64_t n, int64_t i0, const float* stats, const float* dsv,
+                        const float* dsve, float* dq1, float* dq2, float* tables) {
+  if (w.blocked.in.positional)
+    backward_block<DD, EE, true>(w, n, i0, stats, dsv, dsve, dq1, dq2, tables);
+  else
+    backward_block<DD, EE, false>(w, n, i0, stats, dsv, dsve, dq1, dq2, tables);
+}
+
 // Sequences [begin, end) of one chunk; tables: the chunk's table gradients (rq, wk, rv in the slot layout), zeroed
 void backward_chunk(const BlockedInputs& blocked, int64_t begin, int64_t end, const float* stats, const float* dsv,
                     const float* dsve, float* dq1, float* dkt, float* dq2, float* dk3t, float* dvt, float* tables) {
@@ -660,11 +693,11 @@ void backward_chunk(const BlockedInputs& blocked, int64_t begin, int64_t end, co
     for (int64_t i0 = 0; i0 < blocked.Lp; i0 += kLanes) {
       // the networks' shapes (value channels twice the query channels) with both counts known at compile time
       switch (in.E == 2 * in.D ? in.D : 0) {
-        case 1: backward_block<1, 2>(w, n, i0, stats, dsv, dsve, dq1, dq2, tables); break;
-        case 2: backward_block<2, 4>(w, n, i0, stats, dsv, dsve, dq1, dq2, tables); break;
-        case 4: backward_block<4, 8>(w, n, i0, stats, dsv, dsve, dq1, dq2, tables); break;
-        case 8: backward_block<8, 16>(w, n, i0, stats, dsv, dsve, dq1, dq2, tables); break;
-        default: backward_block<0, 0>(w, n, i0, stats, dsv, dsve, dq1, dq2, tables);
+        case 1: backward_block_any<1, 2>(w, n, i0, stats, dsv, dsve, dq1, dq2, tables); break;
+        case 2: backward_block_any<2, 4>(w, n, i0, stats, dsv, dsve, dq1, dq2, tables); break;
+        case 4: backward_block_any<4, 8>(w, n, i0, stats, dsv, dsve, dq1, dq2, tables); break;
+        case 8: backward_block_any<8, 16>(w, n, i0, stats, dsv, dsve, dq1, dq2, tables); break;
+        default: backward_block_any<0, 0>(w, n, i0, stats, dsv, dsve, dq1, dq2, tables);
       }
     }
   }
