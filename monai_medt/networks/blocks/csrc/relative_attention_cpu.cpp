@@ -462,13 +462,13 @@ void map_blocked(const float* qkv, const int64_t* qs, int64_t B, int64_t G, int6
   });
 }
 
-// The probabilities of rows i0..i0+kLanes-1 of sequence n (queries loaded into buf) into S[j, lane], recomputed as
-// the blocked forward computed them (same logits, same exp) from its saved max and 1 / sum
-void block_probabilities(const BlockedInputs& blocked, int64_t n, int64_t i0, const float* stats, float* buf) {
+// The probabilities of rows i0..i0+kLanes-1 of sequence n (its queries q, see load_queries) into S[j, lane],
+// recomputed as the blocked forward computed them (same logits, same exp) from its saved max and 1 / sum
+void block_probabilities(const BlockedInputs& blocked, int64_t n, int64_t i0, const float* stats, const float* q,
+                         float* S) {
   const Inputs<float>& in = blocked.in;
   const int64_t L = in.L, D = in.D;
-  float* S = blocked.scores(buf, 1);
-  blocked.logits(in.kt + n * D * L, in.positional ? in.k3t + n * D * L : nullptr, i0, buf, S);
+  blocked.logits(in.kt + n * D * L, in.positional ? in.k3t + n * D * L : nullptr, i0, q, S);
   fv m = fv{}, inv = fv{};
   for (int64_t r = 0; r < std::min(kLanes, L - i0); ++r) {
     m[r] = stats[2 * (n * L + i0 + r)];
@@ -544,7 +544,7 @@ MEDT_INLINE void add_lane_sums(float* dst, int64_t count, bool first, Term term)
 struct BackwardBuffers {
   const BlockedInputs& blocked;
   float *dkt, *dk3t, *dvt;  // the key and value gradients, (N, D, L), (N, D, L), (N, E, L)
-  std::vector<float> queries;  // see BlockedInputs::buffers
+  std::vector<float> queries;  // a group's queries and the scores S, see BlockedInputs::buffers
   std::vector<float> da, g, gp;  // (L, kLanes), (E, kLanes), (E, kLanes)
   std::vector<fv> dq;  // the query gradients' accumulators where D is only known at run time: 2 D
 
@@ -553,7 +553,7 @@ struct BackwardBuffers {
         dkt(dkt_),
         dk3t(dk3t_),
         dvt(dvt_),
-        queries(b.buffers()),
+        queries(b.buffers(kGroup)),
         da(b.in.L * kLanes),
         g(b.in.E * kLanes),
         gp(b.in.E * kLanes),
@@ -562,15 +562,14 @@ struct BackwardBuffers {
 
 // DD, EE: the query and value channel counts known at compile time (0: at run time); POS: the positional form
 template <int DD, int EE, bool POS>
-void backward_block(BackwardBuffers& w, int64_t n, int64_t i0, const float* stats, const float* dsv, const float* dsve,
-                    float* dq1, float* dq2, float* tables) {
+void backward_block(BackwardBuffers& w, int64_t n, int64_t i0, const float* q, const float* stats, const float* dsv,
+                    const float* dsve, float* dq1, float* dq2, float* tables) {
   const BlockedInputs& blocked = w.blocked;
   const Inputs<float>& in = blocked.in;
   const int64_t L = in.L, D = DD > 0 ? DD : in.D, E = EE > 0 ? EE : in.E, Lp = blocked.Lp;
   constexpr bool positional = POS;
-  float* buf = w.queries.data();
-  block_probabilities(blocked, n, i0, stats, buf);
-  const float* S = blocked.scores(buf, 1);
+  float* S = blocked.scores(w.queries.data(), kGroup);
+  block_probabilities(blocked, n, i0, stats, q, S);
   const float* kt = in.kt + n * D * L;
   const float* k3t = positional ? in.k3t + n * D * L : nullptr;
   const float* vt = in.vt + n * E * L;
@@ -632,8 +631,8 @@ void backward_block(BackwardBuffers& w, int64_t n, int64_t i0, const float* stat
   fv* a1 = DD > 0 ? local : w.dq.data();
   fv* a2 = a1 + D;
   for (int64_t c = 0; c < 2 * D; ++c) a1[c] = fv{};
-  const float* q1t = buf;
-  const float* q2t = buf + D * Lp;
+  const float* q1t = q;
+  const float* q2t = q + D * Lp;
   if constexpr (DD > 0 && POS) {
     for (int c = 0; c < DD; ++c) q2_reg[c] = loadv(q2t + c * Lp + i0);
   }
@@ -675,12 +674,12 @@ void backward_block(BackwardBuffers& w, int64_t n, int64_t i0, const float* stat
 }
 
 template <int DD, int EE>
-void backward_block_any(BackwardBuffers& w, int64_t n, int64_t i0, const float* stats, const float* dsv,
-                        const float* dsve, float* dq1, float* dq2, float* tables) {
+void backward_block_any(BackwardBuffers& w, int64_t n, int64_t i0, const float* q, const float* stats,
+                        const float* dsv, const float* dsve, float* dq1, float* dq2, float* tables) {
   if (w.blocked.in.positional)
-    backward_block<DD, EE, true>(w, n, i0, stats, dsv, dsve, dq1, dq2, tables);
+    backward_block<DD, EE, true>(w, n, i0, q, stats, dsv, dsve, dq1, dq2, tables);
   else
-    backward_block<DD, EE, false>(w, n, i0, stats, dsv, dsve, dq1, dq2, tables);
+    backward_block<DD, EE, false>(w, n, i0, q, stats, dsv, dsve, dq1, dq2, tables);
 }
 
 // Sequences [begin, end) of one chunk; tables: the chunk's table gradients (rq, wk, rv in the slot layout), zeroed
@@ -688,16 +687,23 @@ void backward_chunk(const BlockedInputs& blocked, int64_t begin, int64_t end, co
                     const float* dsve, float* dq1, float* dkt, float* dq2, float* dk3t, float* dvt, float* tables) {
   const Inputs<float>& in = blocked.in;
   BackwardBuffers w(blocked, dkt, dk3t, dvt);
-  for (int64_t n = begin; n < end; ++n) {
-    blocked.load_queries(n, w.queries.data());
+  // row blocks over a group of sequences in turn, as in the forward: the group shares the block's table slices and
+  // the slices of the chunk's table gradients, which then stay in L1 between the sequences
+  for (int64_t n0 = begin; n0 < end; n0 += kGroup) {
+    const int64_t count = std::min(kGroup, end - n0);
+    for (int64_t s = 0; s < count; ++s) blocked.load_queries(n0 + s, blocked.queries(w.queries.data(), s));
     for (int64_t i0 = 0; i0 < blocked.Lp; i0 += kLanes) {
-      // the networks' shapes (value channels twice the query channels) with both counts known at compile time
-      switch (in.E == 2 * in.D ? in.D : 0) {
-        case 1: backward_block_any<1, 2>(w, n, i0, stats, dsv, dsve, dq1, dq2, tables); break;
-        case 2: backward_block_any<2, 4>(w, n, i0, stats, dsv, dsve, dq1, dq2, tables); break;
-        case 4: backward_block_any<4, 8>(w, n, i0, stats, dsv, dsve, dq1, dq2, tables); break;
-        case 8: backward_block_any<8, 16>(w, n, i0, stats, dsv, dsve, dq1, dq2, tables); break;
-        default: backward_block_any<0, 0>(w, n, i0, stats, dsv, dsve, dq1, dq2, tables);
+      for (int64_t s = 0; s < count; ++s) {
+        const int64_t n = n0 + s;
+        const float* q = blocked.queries(w.queries.data(), s);
+        // the networks' shapes (value channels twice the query channels) with both counts known at compile time
+        switch (in.E == 2 * in.D ? in.D : 0) {
+          case 1: backward_block_any<1, 2>(w, n, i0, q, stats, dsv, dsve, dq1, dq2, tables); break;
+          case 2: backward_block_any<2, 4>(w, n, i0, q, stats, dsv, dsve, dq1, dq2, tables); break;
+          case 4: backward_block_any<4, 8>(w, n, i0, q, stats, dsv, dsve, dq1, dq2, tables); break;
+          case 8: backward_block_any<8, 16>(w, n, i0, q, stats, dsv, dsve, dq1, dq2, tables); break;
+          default: backward_block_any<0, 0>(w, n, i0, q, stats, dsv, dsve, dq1, dq2, tables);
+        }
       }
     }
   }
