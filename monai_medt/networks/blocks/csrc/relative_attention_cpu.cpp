@@ -600,7 +600,7 @@ void backward_block(BackwardBuffers& w, int64_t n, int64_t i0, const float* q, c
   }
   auto g_of = [&](int64_t e) { return EE > 0 ? g_reg[e] : loadv(g + e * kLanes); };
   auto gp_of = [&](int64_t e) { return EE > 0 ? gp_reg[e] : loadv(gp + e * kLanes); };
-  // first pass: da, delta, dv, drv (padding lanes have p = 0 and contribute nothing)
+  // first pass: da, delta and drv (padding lanes have p = 0 and contribute nothing)
   fv delta = fv{};
   for (int64_t j = 0; j < L; ++j) {
     const fv p = loadv(S + j * kLanes);
@@ -626,8 +626,7 @@ void backward_block(BackwardBuffers& w, int64_t n, int64_t i0, const float* q, c
                     [&](int64_t t) { return loadv(S + (j0 + t) * kLanes) * ge; });
   }
   // second pass: ds and the query, key and logit-table gradients
-  constexpr int R = DD > 0 ? DD : 1;
-  fv local[2 * R];
+  fv local[2 * DR];
   fv* a1 = DD > 0 ? local : w.dq.data();
   fv* a2 = a1 + D;
   for (int64_t c = 0; c < 2 * D; ++c) a1[c] = fv{};
@@ -655,10 +654,10 @@ void backward_block(BackwardBuffers& w, int64_t n, int64_t i0, const float* q, c
   float* dkt = w.dkt + n * D * L;
   float* dk3t = positional ? w.dk3t + n * D * L : nullptr;
   for (int64_t c = 0; c < D; ++c) {
-    const fv q = loadv(q1t + c * Lp + i0);
+    const fv q1c = loadv(q1t + c * Lp + i0);
     for (int64_t j0 = 0; j0 < L; j0 += kLanes) {
       const int64_t count = std::min(kLanes, L - j0);
-      add_lane_sums(dkt + c * L + j0, count, i0 == 0, [&](int64_t t) { return loadv(dsb + (j0 + t) * kLanes) * q; });
+      add_lane_sums(dkt + c * L + j0, count, i0 == 0, [&](int64_t t) { return loadv(dsb + (j0 + t) * kLanes) * q1c; });
       if (positional) {
         const float* wkc = wkt + (j0 * D + c) * kLanes;
         add_lane_sums(dk3t + c * L + j0, count, i0 == 0,
