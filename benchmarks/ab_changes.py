@@ -20,9 +20,10 @@ see the same machine state: on a shared host, runs minutes apart differ by more 
   the kernel on sequences and the output fusion (``eval-fusion``); timed on eval forwards.
 - ``channels-last-eval``: in CPU inference the stems' channels-last output kept through the blocks, attention layers
   and decoders against its copy back to the contiguous layout; timed on eval forwards.
-- ``avx512-build``: on an AVX-512 CPU, the kernel built for AVX-512 (16-row inference blocks) against the same source
-  built for AVX2 (8-row blocks; built once into a temporary folder); timed on train steps with ``--train``, else on
-  eval forwards.
+- ``avx512-build``: on an AVX-512 CPU, the kernel built for AVX-512 (16-row blocks) against the same source built for
+  AVX2 (8-row blocks; built once into a temporary folder); timed on train steps with ``--train``, else on eval
+  forwards. Outputs agree bit for bit; gradients to float32 rounding (the backward sums over rows in lane groups of
+  16 or 8).
 - ``conv-norm-fold``: the eval-mode folding of batch norms into the convs before them (stems, blocks, attention
   projections) against the conv and batch norm run one after the other; timed on eval forwards.
 - ``direct-output``: the attention outputs stacked in map order straight from their sequence layout (one copy)
