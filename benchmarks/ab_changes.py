@@ -116,13 +116,13 @@ def switch(change: str) -> Callable[[bool], None]:
             axial_attention._AxialAttentionBase._to_map = direct if on else sequence_stacked
 
     elif change == "inference-kernel":
-        blocked = axial_attention.fused_relative_attention
+        inference = axial_attention.fused_relative_attention
 
-        def row_wise(*args, needs_grad=None):  # the training forward, which also returns softmax statistics
+        def training_forward(*args, needs_grad=None):  # also keeps the softmax statistics for a backward
             return cpu_kernel.FusedRelativeAttentionFunction.apply(*args)
 
         def use(on: bool) -> None:
-            axial_attention.fused_relative_attention = blocked if on else row_wise
+            axial_attention.fused_relative_attention = inference if on else training_forward
 
     elif change == "map-kernel":
         map_kernel = axial_attention._AxialAttentionBase._map_kernel

@@ -18,7 +18,6 @@
 #include <cstdint>
 #include <cstring>
 #include <algorithm>
-#include <memory>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -483,9 +482,9 @@ void block_probabilities(const BlockedInputs& blocked, int64_t n, int64_t i0, co
 // a horizontal sum of one vector.
 constexpr int kLaneCount = static_cast<int>(kLanes);
 
-constexpr int lower_lane(int h, int l) {
-  return l % (2 * h) < h ? l / (2 * h) * 2 * h + l % (2 * h) : kLaneCount + l / (2 * h) * 2 * h + l % (2 * h) - h;
-}
+// lane l of the first (lower) halves: lanes of a (indices below kLaneCount) in the lower half of l's group of 2 h,
+// lanes of b shifted down by h in its upper half
+constexpr int lower_lane(int h, int l) { return l % (2 * h) < h ? l : kLaneCount + l - h; }
 constexpr int upper_lane(int h, int l) { return lower_lane(h, l) + h; }
 
 // the lane-sum helpers must be inlined and their loops unrolled, so that lane indices and the vectors stay
@@ -976,6 +975,18 @@ std::vector<torch::Tensor> attention_backward(torch::Tensor q1, torch::Tensor kt
 // positions of x and x x^T, and where per_position, the per-(head, position) sums over sequences of x and x x^T.
 // One read of x in its index order (the per-position sums go to one buffer per chunk of sequences), instead of a
 // float64 copy of x and a dozen batched matmuls of 1-8 channels. CC: c known at compile time (0: at run time).
+// Calls f(std::integral_constant<int, CC>) with CC = C for the channel counts compiled separately (1, 2, 4, 8), else 0
+template <typename F>
+void with_channels(int64_t C, F f) {
+  switch (C) {
+    case 1: f(std::integral_constant<int, 1>{}); break;
+    case 2: f(std::integral_constant<int, 2>{}); break;
+    case 4: f(std::integral_constant<int, 4>{}); break;
+    case 8: f(std::integral_constant<int, 8>{}); break;
+    default: f(std::integral_constant<int, 0>{});
+  }
+}
+
 template <int CC, typename scalar_t>
 void moment_sums_impl(const scalar_t* p, const int64_t* st, int64_t R, int64_t G, int64_t L, int64_t c,
                       bool per_position, double* xsum, double* gram, double* xpos, double* mom) {
@@ -1030,17 +1041,13 @@ std::vector<torch::Tensor> moment_sums(torch::Tensor x, bool per_position) {
   auto xpos = torch::empty({GP, L, C}, opts), mom = torch::empty({GP, L, C, C}, opts);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "moment_sums", [&] {
     const scalar_t* p = x.data_ptr<scalar_t>();
+    const int64_t* st = x.strides().data();
     double* xp = per_position ? xpos.data_ptr<double>() : nullptr;
     double* mo = per_position ? mom.data_ptr<double>() : nullptr;
-    double* out[4] = {xsum.data_ptr<double>(), gram.data_ptr<double>(), xp, mo};
-    const int64_t* st = x.strides().data();
-    switch (C) {
-      case 1: moment_sums_impl<1>(p, st, R, G, L, C, per_position, out[0], out[1], out[2], out[3]); break;
-      case 2: moment_sums_impl<2>(p, st, R, G, L, C, per_position, out[0], out[1], out[2], out[3]); break;
-      case 4: moment_sums_impl<4>(p, st, R, G, L, C, per_position, out[0], out[1], out[2], out[3]); break;
-      case 8: moment_sums_impl<8>(p, st, R, G, L, C, per_position, out[0], out[1], out[2], out[3]); break;
-      default: moment_sums_impl<0>(p, st, R, G, L, C, per_position, out[0], out[1], out[2], out[3]);
-    }
+    with_channels(C, [&](auto cc) {
+      moment_sums_impl<decltype(cc)::value>(p, st, R, G, L, C, per_position, xsum.data_ptr<double>(),
+                                            gram.data_ptr<double>(), xp, mo);
+    });
   });
   return {xsum, gram, xpos, mom};
 }
@@ -1104,13 +1111,7 @@ torch::Tensor moment_grad(torch::Tensor x, torch::Tensor mat, torch::Tensor pos,
     const double* pp = positional ? pos.data_ptr<double>() : nullptr;
     const double* lp = positional ? lin_pos.data_ptr<double>() : nullptr;
     scalar_t* out = dx.data_ptr<scalar_t>();
-    switch (C) {
-      case 1: moment_grad_impl<1>(p, st, R, G, L, C, m, pp, l, lp, out); break;
-      case 2: moment_grad_impl<2>(p, st, R, G, L, C, m, pp, l, lp, out); break;
-      case 4: moment_grad_impl<4>(p, st, R, G, L, C, m, pp, l, lp, out); break;
-      case 8: moment_grad_impl<8>(p, st, R, G, L, C, m, pp, l, lp, out); break;
-      default: moment_grad_impl<0>(p, st, R, G, L, C, m, pp, l, lp, out);
-    }
+    with_channels(C, [&](auto cc) { moment_grad_impl<decltype(cc)::value>(p, st, R, G, L, C, m, pp, l, lp, out); });
   });
   return dx;
 }
