@@ -31,6 +31,11 @@ see the same machine state: on a shared host, runs minutes apart differ by more 
 - ``direct-projection``: the attention layers' projection copied once per tensor from the map into the layouts the
   kernel reads (q row-major, k and v channel-major) against one copy of the whole projection into the sequence
   layout, split, then transposed copies of k and v; timed on train steps with ``--train``, else on eval forwards.
+- ``moments-kernel``: the logit moments' sums over q and k and their gradient as single passes of the CPU kernel
+  against the PyTorch form (float64 copies and batched matmuls); timed on train steps.
+- ``channels-last-upsample``: the decoders' CPU convolution outputs turned channels-last before the bilinear
+  upsampling against upsampling in the convolution's layout; timed on train steps with ``--train`` (eval maps are
+  channels-last already), else on eval forwards.
 
 ``eval-fusion``, ``inference-kernel``, ``direct-projection`` and ``direct-output`` switch ``map-kernel`` off on both
 sides when they time eval forwards: the map-to-map kernel replaces the paths they compare.
@@ -45,6 +50,8 @@ sides when they time eval forwards: the map-to-map kernel replaces the paths the
     python benchmarks/ab_changes.py --change map-kernel --model MedT --threads 2 --rounds 6
     python benchmarks/ab_changes.py --change channels-last-eval --model MedT --threads 2 --rounds 6
     python benchmarks/ab_changes.py --change avx512-build --model MedT --threads 2 --rounds 6 [--train]
+    python benchmarks/ab_changes.py --change moments-kernel --model MedT --threads 2 --rounds 6
+    python benchmarks/ab_changes.py --change channels-last-upsample --model MedT --threads 2 --rounds 6 --train
 """
 
 from __future__ import annotations
@@ -57,9 +64,10 @@ import time
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 
 from monai_medt.networks import nets
-from monai_medt.networks.blocks import axial_attention, axial_block, conv_norm, cpu_kernel, logit_moments, stem
+from monai_medt.networks.blocks import axial_attention, axial_block, conv_norm, cpu_kernel, decoder, logit_moments, stem
 
 
 REPLACED_BY_MAP_KERNEL = ("eval-fusion", "inference-kernel", "direct-projection", "direct-output")
@@ -149,6 +157,25 @@ def switch(change: str) -> Callable[[bool], None]:
         def use(on: bool) -> None:
             cpu_kernel._state["kernel"] = native if on else avx2
 
+    elif change == "moments-kernel":
+        kernel_for = logit_moments._kernel_for
+
+        def use(on: bool) -> None:
+            logit_moments._kernel_for = kernel_for if on else (lambda x: None)
+
+    elif change == "channels-last-upsample":
+        channels_last = decoder.AdditiveSkipDecoder.forward
+
+        def in_conv_layout(self, x, skips):  # the earlier decoder: upsampling in the convolution's output layout
+            for i, conv in enumerate(self.convs):
+                x = F.relu(F.interpolate(conv(x), scale_factor=2.0, mode="bilinear", align_corners=False), inplace=True)
+                if i < len(skips):
+                    x = x + skips[i]
+            return x
+
+        def use(on: bool) -> None:
+            decoder.AdditiveSkipDecoder.forward = channels_last if on else in_conv_layout
+
     else:
 
         def use(on: bool) -> None:
@@ -163,7 +190,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     changes = [
         "eval-fusion", "logit-moments", "channels-last-stem", "inference-kernel", "conv-norm-fold", "direct-projection",
-        "direct-output", "map-kernel", "channels-last-eval", "avx512-build",
+        "direct-output", "map-kernel", "channels-last-eval", "avx512-build", "moments-kernel", "channels-last-upsample",
     ]
     parser.add_argument("--change", default="eval-fusion", choices=changes)
     parser.add_argument("--model", default="MedT", choices=["MedT", "LoGo", "GatedAxialUNet", "AxialUNet"])
@@ -171,12 +198,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=6, help="alternations; each times the best of 3 iterations")
-    parser.add_argument("--train", action="store_true", help="time train steps (logit-moments always does)")
+    parser.add_argument("--train", action="store_true", help="time train steps (the moments changes always do)")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    train = args.change == "logit-moments" or args.train
+    train = args.change in ("logit-moments", "moments-kernel") or args.train
     net = getattr(nets, args.model)(in_channels=3, out_channels=2, img_size=args.size).train(train)
     optimizer = torch.optim.Adam(net.parameters(), 1e-3)
     x = torch.rand(args.batch, 3, args.size, args.size)
