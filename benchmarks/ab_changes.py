@@ -36,9 +36,16 @@ see the same machine state: on a shared host, runs minutes apart differ by more 
 - ``channels-last-upsample``: the decoders' CPU convolution outputs turned channels-last before the bilinear
   upsampling against upsampling in the convolution's layout; timed on train steps with ``--train`` (eval maps are
   channels-last already), else on eval forwards.
+- ``map-training``: the attention layers' autograd path from the projected map (``fused_map_attention`` and
+  ``map_logit_moments``: queries, keys and values read in place, the terms written as one map, the backward writing
+  d(map) and the scales' gradients) against the sequence-layout path (projection copies, scaled query and key
+  tensors, the kernel on sequences, the terms stacked into the map, and the reverse in the backward); timed on train
+  steps.
 
 ``eval-fusion``, ``inference-kernel``, ``direct-projection`` and ``direct-output`` switch ``map-kernel`` off on both
-sides when they time eval forwards: the map-to-map kernel replaces the paths they compare.
+sides when they time eval forwards: the map-to-map kernel replaces the paths they compare. For the same reason
+``logit-moments``, ``moments-kernel``, ``direct-projection`` and ``direct-output`` switch ``map-training`` off on both
+sides when they time train steps.
 
     python benchmarks/ab_changes.py --change eval-fusion --model MedT --threads 1 --rounds 6
     python benchmarks/ab_changes.py --change logit-moments --model MedT --threads 1 --rounds 6
@@ -52,6 +59,7 @@ sides when they time eval forwards: the map-to-map kernel replaces the paths the
     python benchmarks/ab_changes.py --change avx512-build --model MedT --threads 2 --rounds 6 [--train]
     python benchmarks/ab_changes.py --change moments-kernel --model MedT --threads 2 --rounds 6
     python benchmarks/ab_changes.py --change channels-last-upsample --model MedT --threads 2 --rounds 6 --train
+    python benchmarks/ab_changes.py --change map-training --model MedT --threads 2 --rounds 6
 """
 
 from __future__ import annotations
@@ -71,6 +79,7 @@ from monai_medt.networks.blocks import axial_attention, axial_block, conv_norm, 
 
 
 REPLACED_BY_MAP_KERNEL = ("eval-fusion", "inference-kernel", "direct-projection", "direct-output")
+REPLACED_BY_MAP_TRAINING = ("logit-moments", "moments-kernel", "direct-projection", "direct-output")
 
 
 def switch(change: str) -> Callable[[bool], None]:
@@ -132,6 +141,12 @@ def switch(change: str) -> Callable[[bool], None]:
         def use(on: bool) -> None:
             axial_attention.fused_relative_attention = inference if on else training_forward
 
+    elif change == "map-training":
+        train_map_kernel = axial_attention._AxialAttentionBase._train_map_kernel
+
+        def use(on: bool) -> None:
+            axial_attention._AxialAttentionBase._train_map_kernel = train_map_kernel if on else (lambda self, x: None)
+
     elif change == "map-kernel":
         map_kernel = axial_attention._AxialAttentionBase._map_kernel
 
@@ -191,6 +206,7 @@ def main() -> None:
     changes = [
         "eval-fusion", "logit-moments", "channels-last-stem", "inference-kernel", "conv-norm-fold", "direct-projection",
         "direct-output", "map-kernel", "channels-last-eval", "avx512-build", "moments-kernel", "channels-last-upsample",
+        "map-training",
     ]
     parser.add_argument("--change", default="eval-fusion", choices=changes)
     parser.add_argument("--model", default="MedT", choices=["MedT", "LoGo", "GatedAxialUNet", "AxialUNet"])
@@ -198,12 +214,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=6, help="alternations; each times the best of 3 iterations")
-    parser.add_argument("--train", action="store_true", help="time train steps (the moments changes always do)")
+    parser.add_argument("--train", action="store_true", help="time train steps (moments and map-training always do)")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    train = args.change in ("logit-moments", "moments-kernel") or args.train
+    train = args.change in ("logit-moments", "moments-kernel", "map-training") or args.train
     net = getattr(nets, args.model)(in_channels=3, out_channels=2, img_size=args.size).train(train)
     optimizer = torch.optim.Adam(net.parameters(), 1e-3)
     x = torch.rand(args.batch, 3, args.size, args.size)
@@ -212,6 +228,9 @@ def main() -> None:
         # these time the paths that the map-to-map kernel replaces in float32 CPU inference (still taken with
         # gradients, under autocast or without the kernel): the map kernel is off on both sides
         axial_attention._AxialAttentionBase._map_kernel = lambda self, x: None
+    if train and args.change in REPLACED_BY_MAP_TRAINING:
+        # likewise the autograd path from the projected map replaces these in float32 CPU training
+        axial_attention._AxialAttentionBase._train_map_kernel = lambda self, x: None
     use = switch(args.change)
 
     def outputs() -> list[torch.Tensor]:

@@ -12,7 +12,7 @@ import warnings
 import pytest
 import torch
 
-from monai_medt.networks.blocks import GatedAxialAttention
+from monai_medt.networks.blocks import AxialAttention, AxialAttentionNoPos, GatedAxialAttention
 from monai_medt.networks.blocks import cpu_kernel as kernel_module
 from monai_medt.networks.blocks.attention_core import relative_attention
 from monai_medt.networks.blocks.cpu_kernel import (
@@ -171,31 +171,65 @@ def test_softmax_of_large_logits(kernel):
     torch.testing.assert_close(result[1], expected[1], atol=1e-4, rtol=1e-4)
 
 
-def test_layer_uses_kernel_and_matches_pytorch_path(kernel, monkeypatch):
-    """A training step of a gated layer gives the same output and gradients with and without the kernel."""
+LAYERS = {
+    "gated, height": (
+        lambda: GatedAxialAttention(8, 16, kernel_size=16, num_heads=4, learnable_gates=True),
+        (2, 8, 16, 12),
+    ),
+    "gated after norm, width": (
+        lambda: GatedAxialAttention(
+            8, 16, kernel_size=12, num_heads=4, axis="width", gate_position="after_norm", learnable_gates=True
+        ),
+        (2, 8, 16, 12),
+    ),
+    "axial, width, stride 2": (
+        lambda: AxialAttention(8, 32, kernel_size=20, num_heads=4, axis="width", stride=2),
+        (3, 8, 10, 20),
+    ),
+    "no positions, height": (lambda: AxialAttentionNoPos(8, 16, num_heads=2), (2, 8, 19, 6)),
+    "no positions, width, stride 2": (
+        lambda: AxialAttentionNoPos(6, 16, num_heads=8, axis="width", stride=2),
+        (2, 6, 8, 16),
+    ),
+}
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("layer_name", list(LAYERS))
+def test_layer_uses_kernel_and_matches_pytorch_path(kernel, monkeypatch, layer_name, channels_last):
+    """
+    A training step of a layer gives the same output, gradients and running statistics with the kernel (its map form:
+    queries, keys and values read in place from the projected map) and without it (the PyTorch implementation).
+    """
     calls = []
-    original = kernel_module.FusedRelativeAttentionFunction.apply
+    original = kernel_module.FusedMapAttentionFunction.apply
 
     def counting_apply(*args):
         calls.append(1)
         return original(*args)
 
-    monkeypatch.setattr(kernel_module.FusedRelativeAttentionFunction, "apply", counting_apply)
-    x = torch.randn(2, 8, 16, 12)
+    monkeypatch.setattr(kernel_module.FusedMapAttentionFunction, "apply", counting_apply)
+    make, shape = LAYERS[layer_name]
+    x = torch.randn(shape)
+    if channels_last:  # the projection then is channels-last too: the kernel reads and writes through strides
+        x = x.contiguous(memory_format=torch.channels_last)
     results = []
     for setting in ("1", "0"):
         monkeypatch.setenv(KERNEL_ENV, setting)
         torch.manual_seed(3)
-        layer = GatedAxialAttention(8, 16, kernel_size=16, num_heads=4, learnable_gates=True).train()
+        layer = make().train()
         xi = x.clone().requires_grad_(True)
         out = layer(xi)
-        out.pow(2).sum().backward()
-        results.append([out, xi.grad] + [p.grad for p in layer.parameters() if p.grad is not None])
+        # a weighting that differs per position and channel, so that no gradient vanishes by symmetry
+        (out * torch.linspace(-1.0, 2.0, out.numel()).view_as(out)).pow(2).sum().backward()
+        grads = [p.grad for p in layer.parameters() if p.grad is not None]
+        results.append([out, xi.grad, *grads, *[b.float() for b in layer.buffers()]])
     assert len(calls) == 1, "the kernel must run when enabled and only then"
+    assert len(results[0]) == len(results[1])
     for got, want in zip(*results):
         # float32 with different summation orders: the gate gradients sum over every position (rtol 1e-3); the floor
         # covers the output-norm shift, whose gradient is zero up to rounding (~1e-5 beside gradients of ~100-1000)
-        torch.testing.assert_close(got, want, atol=max(1e-5 * float(want.abs().max()), 1e-4), rtol=1e-3)
+        torch.testing.assert_close(got, want, atol=max(1e-5 * float(want.detach().abs().max()), 1e-4), rtol=1e-3)
 
 
 def test_build_failure_falls_back_with_a_warning(monkeypatch):

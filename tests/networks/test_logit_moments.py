@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from monai_medt.networks.blocks.cpu_kernel import KERNEL_ENV, cpu_kernel
-from monai_medt.networks.blocks.logit_moments import logit_moments, logit_moments_reference
+from monai_medt.networks.blocks.logit_moments import logit_moments, logit_moments_reference, map_logit_moments
 
 
 def _inputs(channels: int, length: int = 5, dtype: torch.dtype = torch.float64) -> list[torch.Tensor]:
@@ -97,3 +97,43 @@ def test_cpu_kernel_matches_pytorch_form(channels, dtype, monkeypatch):
             assert got.dtype == want.dtype
             # both accumulate in float64; only the summation order differs
             torch.testing.assert_close(got, want, rtol=1e-12 if dtype == torch.float64 else 1e-6, atol=1e-12)
+
+
+@pytest.mark.parametrize("height", [True, False])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_map_moments_equal_sequence_moments(height, channels_last, channels):
+    """
+    map_logit_moments (q and k read in place from a projected map, its gradient returned as one map) against
+    logit_moments of the same queries and keys copied out in the sequence layout; zero gradient in the value channels.
+    """
+    if os.environ.get(KERNEL_ENV) == "0" or cpu_kernel() is None:
+        pytest.skip("the fused CPU kernel is disabled or did not build")
+    g = torch.Generator().manual_seed(channels)
+    heads, value = 2, 2 * channels
+    qkv = torch.randn(2, heads * (2 * channels + value), 5, 6, generator=g) + 1.5
+    if channels_last:
+        qkv = qkv.contiguous(memory_format=torch.channels_last)
+    length = 5 if height else 6
+    rq, wk = [torch.randn(channels, length, length, generator=g) + 1.5 for _ in range(2)]
+    weights = torch.randn(2, 3, heads, dtype=torch.float64, generator=g)
+    results = []
+    for via_map in (True, False):
+        x = qkv.detach().requires_grad_()
+        tables = [t.detach().requires_grad_() for t in (rq, wk)]
+        if via_map:
+            means, squares = map_logit_moments(x, heads, channels, height, *tables)
+        else:
+            # the sequence layout of the attention layers: (B * O, G, L, c)
+            per_head = x.view(2, heads, -1, 5, 6)
+            order = (0, 4, 1, 3, 2) if height else (0, 3, 1, 4, 2)
+            q = per_head[:, :, :channels].permute(order).reshape(-1, heads, length, channels)
+            k = per_head[:, :, channels : 2 * channels].permute(order).reshape(-1, heads, length, channels)
+            means, squares = logit_moments(q, k, *tables)
+        loss = (means * weights[0] + squares * weights[1]).sum()
+        results.append([means, squares, *torch.autograd.grad(loss, [x, *tables])])
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-9)
+    dqkv = results[0][2].view(2, heads, -1, 5, 6)
+    assert dqkv[:, :, 2 * channels :].abs().max() == 0
+    assert dqkv[:, :, : 2 * channels].abs().max() > 0

@@ -22,8 +22,8 @@ from monai.utils import look_up_option
 from monai_medt.networks.blocks import attention_core
 from monai_medt.networks.blocks.attention_core import RelativeAttentionFunction, chunk_rows, relative_attention
 from monai_medt.networks.blocks.conv_norm import conv_norm, norm_affine
-from monai_medt.networks.blocks.cpu_kernel import cpu_kernel, fused_relative_attention
-from monai_medt.networks.blocks.logit_moments import logit_moments, logit_moments_reference
+from monai_medt.networks.blocks.cpu_kernel import cpu_kernel, fused_map_attention, fused_relative_attention
+from monai_medt.networks.blocks.logit_moments import logit_moments, logit_moments_reference, map_logit_moments
 
 __all__ = ["AxialAttention", "GatedAxialAttention", "AxialAttentionNoPos", "AXES", "GATE_POSITIONS", "GATE_NAMES"]
 
@@ -107,6 +107,28 @@ class _AxialAttentionBase(nn.Module):
         if torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling() or not self._fuse_eval():
             return None
         return cpu_kernel()
+
+    @torch.jit.unused
+    def _train_map_kernel(self, x: torch.Tensor) -> ModuleType | None:
+        """
+        The fused CPU kernel where this layer's autograd path runs from its projected map to its stacked terms
+        (:func:`fused_map_attention`): float32 on the CPU with autograd on, eager, without autocast. None elsewhere
+        (the sequence-layout path computes the same).
+        """
+        if x.device.type != "cpu" or x.dtype != torch.float32 or not torch.is_grad_enabled():
+            return None
+        if torch.is_autocast_enabled("cpu") or torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return None
+        return cpu_kernel()
+
+    @torch.jit.unused
+    def _map_moments(
+        self, qkv: torch.Tensor, rq: torch.Tensor | None, wk: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`_logit_moments` read from the projected map (see :func:`map_logit_moments`)."""
+        if not self.training and self.logit_norm.running_var is not None:
+            return qkv.new_empty(0), qkv.new_empty(0)
+        return map_logit_moments(qkv, self.num_heads, self.qk_dim, self.axis == "height", rq, wk)
 
     @torch.jit.unused
     def _attend_map(
@@ -395,6 +417,8 @@ class AxialAttention(_AxialAttentionBase):
             kernel = self._map_kernel(x)
             if kernel is not None:
                 return self.pool(self._forward_map(kernel, x))
+            if self._train_map_kernel(x) is not None:
+                return self.pool(self._forward_train_map(x))
         b, _, h, w = x.shape
         q, k, v = self._project(x)
         n, length, qk_dim = q.shape
@@ -427,6 +451,34 @@ class AxialAttention(_AxialAttentionBase):
         if self.gate_after_norm:
             out = out * gates[2:].view(1, 1, 2, 1, 1)
         return self.pool(out.sum(dim=2))
+
+    @torch.jit.unused
+    def _forward_train_map(self, x: torch.Tensor) -> torch.Tensor:
+        """
+        :meth:`forward` (before the pooling) with the attention core on the map (:func:`fused_map_attention`): the
+        gates and norms placed as there; the value gate of ``gate_position="before_norm"`` becomes the values' scale.
+        """
+        b, _, h, w = x.shape
+        height = self.axis == "height"
+        qkv = self._project_eager(x)
+        rq, wk, rv = self._tables()
+        gates = self.gates.to(qkv.dtype)
+        if self.gate_after_norm:
+            value = torch.ones_like(gates[2])
+        else:
+            rq, wk, rv, value = rq * gates[0], wk * gates[1], rv * gates[3], gates[2]
+        means, squares = self._map_moments(qkv, rq, wk)
+        sequences = b * (w if height else h)  # per head
+        length = h if height else w
+        scales = self._fold_logit_norm(means, squares, sequences * length * length, 3)
+        if self.gate_after_norm:
+            scales = scales * torch.stack([torch.ones_like(gates[0]), gates[0], gates[1]]).view(3, 1)
+        scales = torch.cat([scales, value.expand(1, self.num_heads)])
+        terms = fused_map_attention(qkv, scales, rq, wk, rv, self.num_heads, self.qk_dim, self.head_dim, height)
+        out = self.out_norm(terms).view(b, self.out_channels, 2, h, w)
+        if self.gate_after_norm:
+            out = out * gates[2:].view(1, 1, 2, 1, 1)
+        return out.sum(dim=2)
 
     @torch.jit.unused
     def _forward_map(self, kernel: ModuleType, x: torch.Tensor) -> torch.Tensor:
@@ -531,6 +583,8 @@ class AxialAttentionNoPos(_AxialAttentionBase):
                 scale, shift = norm_affine(self.out_norm)
                 scales = self._fold_logit_norm(x.new_empty(0), x.new_empty(0), 0, 1)
                 return self.pool(self._attend_map(kernel, x, scales, [], scale.view(1, -1), shift))
+            if self._train_map_kernel(x) is not None:
+                return self.pool(self._forward_train_map(x))
         b, _, h, w = x.shape
         q, k, v = self._project(x)
         n, length, qk_dim = q.shape
@@ -547,3 +601,15 @@ class AxialAttentionNoPos(_AxialAttentionBase):
                 return self.pool(self._to_map_eval([sv.to(x.dtype)], b, h, w, None))
         out = self.out_norm(self._to_map([sv.to(x.dtype)], b, h, w))
         return self.pool(out)
+
+    @torch.jit.unused
+    def _forward_train_map(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` (before the pooling) with the attention core on the map (:func:`fused_map_attention`)."""
+        b, _, h, w = x.shape
+        height = self.axis == "height"
+        qkv = self._project_eager(x)
+        means, squares = self._map_moments(qkv, None, None)
+        sequences, length = (b * w, h) if height else (b * h, w)
+        scale = self._fold_logit_norm(means, squares, sequences * length * length, 1)
+        terms = fused_map_attention(qkv, scale, None, None, None, self.num_heads, self.qk_dim, self.head_dim, height)
+        return self.out_norm(terms)

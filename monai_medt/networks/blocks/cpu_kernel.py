@@ -3,9 +3,12 @@
 """
 Optional fused CPU kernel of the relative axial attention (``csrc/relative_attention_cpu.cpp``).
 
-It computes exactly :func:`monai_medt.networks.blocks.attention_core.relative_attention` and its gradients, one query
-row at a time, so that the (N, L, L) logit and attention maps never leave the cache; inference without gradients
-takes a float32 forward that works on a block of query rows at once (8 rows, 16 on AVX-512 CPUs). It is compiled with
+It computes exactly :func:`monai_medt.networks.blocks.attention_core.relative_attention` and its gradients on blocks of
+query rows (float32: 8 rows, 16 on AVX-512 CPUs; float64: one row at a time), so that the (N, L, L) logit and attention
+maps never leave the cache. The axial layers call its map form (:func:`fused_map_attention`, and in eval mode
+``inference_map``): each sequence's queries, keys and values are read in place from the layer's projected map, and the
+outputs (in training, their gradients with respect to the map) written as maps, so that the sequence layout is never
+materialised. It is compiled with
 the system's C++ compiler by :func:`torch.utils.cpp_extension.load` the first time a CPU attention layer runs (under a
 minute, then cached under ``$TORCH_EXTENSIONS_DIR/monai_medt``, by default ``~/.cache/torch_extensions/monai_medt``,
 one library per source, flags, vector ISA, torch and Python version). Where no compiler is available the build fails
@@ -26,7 +29,14 @@ from types import ModuleType
 
 import torch
 
-__all__ = ["KERNEL_ENV", "FusedRelativeAttentionFunction", "cpu_kernel", "fused_relative_attention"]
+__all__ = [
+    "KERNEL_ENV",
+    "FusedMapAttentionFunction",
+    "FusedRelativeAttentionFunction",
+    "cpu_kernel",
+    "fused_map_attention",
+    "fused_relative_attention",
+]
 
 KERNEL_ENV = "MONAI_MEDT_CPU_KERNEL"
 _SOURCE = os.path.join(os.path.dirname(__file__), "csrc", "relative_attention_cpu.cpp")
@@ -163,3 +173,67 @@ def fused_relative_attention(
     # inference: the kernel's faster float32 forward, which keeps no softmax statistics for a backward
     sv, sve = cpu_kernel().inference(*_kernel_layout(*inputs, positional), positional)
     return sv, sve
+
+
+class FusedMapAttentionFunction(torch.autograd.Function):
+    """
+    Autograd function of :func:`fused_map_attention`: it saves the projected map, the scales, the tables and the
+    softmax statistics; its backward returns d(map) in one tensor, d(scales) and the tables' gradients.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx, qkv, scales, rq, wk, rv, num_heads: int, qk_dim: int, head_dim: int, height: bool
+    ):
+        positional = rq is not None
+        tables = [t.contiguous() for t in (rq, wk, rv)] if positional else [qkv.new_empty(0)] * 3
+        scales = scales.contiguous()
+        out, stats = cpu_kernel().forward_map(qkv, num_heads, qk_dim, head_dim, height, scales, *tables, positional)
+        ctx.save_for_backward(qkv, scales, *tables, stats)
+        ctx.layout = (num_heads, qk_dim, head_dim, height, positional)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):  # type: ignore[override]
+        qkv, scales, rq, wk, rv, stats = ctx.saved_tensors
+        num_heads, qk_dim, head_dim, height, positional = ctx.layout
+        grads = cpu_kernel().backward_map(
+            qkv, num_heads, qk_dim, head_dim, height, scales, rq, wk, rv, positional, stats, dout
+        )
+        tables = grads[2:] if positional else [None] * 3
+        return grads[0], grads[1], *tables, None, None, None, None
+
+
+def fused_map_attention(
+    qkv: torch.Tensor,
+    scales: torch.Tensor,
+    rq: torch.Tensor | None,
+    wk: torch.Tensor | None,
+    rv: torch.Tensor | None,
+    num_heads: int,
+    qk_dim: int,
+    head_dim: int,
+    height: bool,
+) -> torch.Tensor:
+    """
+    The attention core of an axial layer from its projected map, differentiable, on the fused CPU kernel (call
+    :func:`cpu_kernel` first: this function assumes it returned a module): each sequence's queries, keys and values are
+    read from the map in place, and the terms' weighted sums written as one map, so that neither the sequence layout
+    nor its gradients are materialised. Float32 CPU tensors.
+
+    Args:
+        qkv: (B, G * (2 c + e), H, W) projected map, any strides; per head ``c`` query, ``c`` key, ``e`` value channels.
+        scales: (4, G) with positions: the logit-norm scales of the content, query-position and key-position terms
+            (q1 = q * s[0], q2 = q * s[1], k3 = k * s[2] in :func:`relative_attention`'s terms) and the values' scale
+            (v * s[3]); without positions (1, G), the content term's.
+        rq, wk, rv: (c, L, L), (c, L, L), (e, L, L) position tables, or all None for the content term alone.
+        num_heads, qk_dim, head_dim: G, c, e.
+        height: attention along the height (sequences are columns), else along the width.
+
+    Returns:
+        (B, G * e * T, H, W) contiguous, channel ``(g * e + d) * T + t`` holding term ``t`` (T = 2: value content and
+        value position; T = 1 without positions) of channel ``d`` of head ``g``.
+    """
+    if (rq is None) != (wk is None) or (rq is None) != (rv is None):
+        raise ValueError("rq, wk and rv must be given together (position terms) or all be None (content only).")
+    return FusedMapAttentionFunction.apply(qkv, scales, rq, wk, rv, num_heads, qk_dim, head_dim, height)

@@ -25,7 +25,13 @@ import torch
 
 from monai_medt.networks.blocks.cpu_kernel import cpu_kernel
 
-__all__ = ["LogitMomentsFunction", "logit_moments", "logit_moments_reference"]
+__all__ = [
+    "LogitMomentsFunction",
+    "MapLogitMomentsFunction",
+    "logit_moments",
+    "logit_moments_reference",
+    "map_logit_moments",
+]
 
 
 def _second_moments(x: torch.Tensor) -> torch.Tensor:
@@ -85,7 +91,7 @@ def _sums(x: torch.Tensor, per_position: bool) -> list[torch.Tensor]:
     kernel = _kernel_for(x)
     if kernel is not None:
         return list(kernel.moment_sums(x, per_position))
-    xd = x.double()
+    xd = x.flatten(0, 1).double() if x.dim() == 5 else x.double()
     sums = [xd.sum(2), torch.matmul(xd.transpose(2, 3), xd)]
     if not per_position:
         return sums + [xd.new_empty(0), xd.new_empty(0)]
@@ -105,7 +111,7 @@ def _gradient(
         empty = mat.new_empty(0)
         pos = empty if pos is None else pos.contiguous()
         lin_pos = empty if lin_pos is None else lin_pos.contiguous()
-        return kernel.moment_grad(x, mat.contiguous(), pos, lin.contiguous(), lin_pos)
+        return kernel.moment_grad(x, mat.contiguous(), pos, lin.contiguous(), lin_pos, empty)
     out = _apply_symmetric(x.double(), mat, pos).add_(lin[:, :, None])
     if lin_pos is not None:
         out.add_(lin_pos[None])
@@ -132,56 +138,124 @@ def _apply_symmetric(x: torch.Tensor, per_sequence: torch.Tensor, per_position: 
     return out
 
 
+def _moments(q: torch.Tensor, k: torch.Tensor, rq: torch.Tensor | None, wk: torch.Tensor | None):
+    """
+    Means and mean squares (terms, G) of the logit terms of q, k ((R, G, L, c), or (B, O, G, L, c) with R = B O) and
+    the tables, and the sums that :func:`_coefficients` needs.
+    """
+    groups, length = q.shape[-3], q.shape[-2]
+    count = q.numel() // (groups * q.shape[-1]) * length  # R L L
+    positional = rq is not None and wk is not None
+    qsum, gram_q, q_pos, mom_q = _sums(q, positional)  # (R, G, c), (R, G, c, c), (G, L, c), (G, L, c, c)
+    ksum, gram_k, k_pos, mom_k = _sums(k, positional)
+    means = [(qsum * ksum).sum((0, 2))]
+    squares = [(gram_q * gram_k).sum((0, 2, 3))]
+    saved = [qsum, ksum, gram_q, gram_k]
+    if positional:
+        rqd, wkd = rq.double(), wk.double()
+        rq_sum, wk_sum = rqd.sum(2), wkd.sum(1)  # (c, L_i), (c, L_j)
+        gram_rq, gram_wk = _table_gram(rqd, 1), _table_gram(wkd, 2)  # (L, c, c)
+        means += [(q_pos * rq_sum.t()).sum((1, 2)), (k_pos * wk_sum.t()).sum((1, 2))]
+        squares += [(mom_q * gram_rq).sum((1, 2, 3)), (mom_k * gram_wk).sum((1, 2, 3))]
+        saved += [rqd, wkd, rq_sum, wk_sum, q_pos, k_pos, mom_q, mom_k, gram_rq, gram_wk]
+    return torch.stack(means) / count, torch.stack(squares) / count, saved, count
+
+
+def _coefficients(saved: list[torch.Tensor], grad_means: torch.Tensor, grad_squares: torch.Tensor, count: int):
+    """
+    The backward of :func:`_moments`: the arguments of :func:`_gradient` for q and for k (mat, pos, lin, lin_pos),
+    and the float64 gradients of the tables (None without them).
+    """
+    qsum, ksum, gram_q, gram_k, *pos = saved
+    gm = grad_means.double() / count  # (terms, G)
+    gs = 2.0 * grad_squares.double() / count  # d(x^T M x) = 2 M x for symmetric M
+    mat_q = gs[0].view(1, -1, 1, 1) * gram_k  # d/dq of the content square, per sequence
+    mat_k = gs[0].view(1, -1, 1, 1) * gram_q
+    lin_q = gm[0].view(1, -1, 1) * ksum  # (R, G, c)
+    lin_k = gm[0].view(1, -1, 1) * qsum
+    if not pos:
+        return (mat_q, None, lin_q, None), (mat_k, None, lin_k, None), None, None
+    rqd, wkd, rq_sum, wk_sum, q_pos, k_pos, mom_q, mom_k, gram_rq, gram_wk = pos
+    pos_q = gs[1].view(-1, 1, 1, 1) * gram_rq  # (G, L, c, c): d/dq of the query-position square
+    pos_k = gs[2].view(-1, 1, 1, 1) * gram_wk
+    q_args = (mat_q, pos_q, lin_q, gm[1].view(-1, 1, 1) * rq_sum.t())
+    k_args = (mat_k, pos_k, lin_k, gm[2].view(-1, 1, 1) * wk_sum.t())
+    # tables: the means give sum_g gm[g] q_pos[g, i, c] along j; the squares 2 (sum_g gs[g] mom[g, i]) @ rq[:, i, j]
+    m_q = (gs[1].view(-1, 1, 1, 1) * mom_q).sum(0)  # (L_i, c, c)
+    m_k = (gs[2].view(-1, 1, 1, 1) * mom_k).sum(0)  # (L_j, c, c)
+    drq = torch.matmul(m_q, rqd.permute(1, 0, 2)).permute(1, 0, 2)  # (c, L_i, L_j)
+    drq = drq + (gm[1].view(-1, 1, 1) * q_pos).sum(0).t()[:, :, None]
+    dwk = torch.matmul(m_k, wkd.permute(2, 0, 1)).permute(1, 2, 0)  # (c, L_i, L_j)
+    dwk = dwk + (gm[2].view(-1, 1, 1) * k_pos).sum(0).t()[:, None, :]
+    return q_args, k_args, drq, dwk
+
+
 class LogitMomentsFunction(torch.autograd.Function):
     """Autograd function of :func:`logit_moments` with the closed-form backward (float64 throughout)."""
 
     @staticmethod
     def forward(ctx, q, k, rq, wk):  # type: ignore[override]
-        r, _, length, _ = q.shape
-        count = r * length * length
-        positional = rq is not None
-        qsum, gram_q, q_pos, mom_q = _sums(q, positional)  # (R, G, c), (R, G, c, c), (G, L, c), (G, L, c, c)
-        ksum, gram_k, k_pos, mom_k = _sums(k, positional)
-        means = [(qsum * ksum).sum((0, 2))]
-        squares = [(gram_q * gram_k).sum((0, 2, 3))]
-        saved = [q, k, qsum, ksum, gram_q, gram_k]
-        if positional:
-            rqd, wkd = rq.double(), wk.double()
-            rq_sum, wk_sum = rqd.sum(2), wkd.sum(1)  # (c, L_i), (c, L_j)
-            gram_rq, gram_wk = _table_gram(rqd, 1), _table_gram(wkd, 2)  # (L, c, c)
-            means += [(q_pos * rq_sum.t()).sum((1, 2)), (k_pos * wk_sum.t()).sum((1, 2))]
-            squares += [(mom_q * gram_rq).sum((1, 2, 3)), (mom_k * gram_wk).sum((1, 2, 3))]
-            saved += [rqd, wkd, rq_sum, wk_sum, q_pos, k_pos, mom_q, mom_k, gram_rq, gram_wk]
-        ctx.save_for_backward(*saved)
-        ctx.positional = positional
-        ctx.count = count
-        ctx.dtypes = (rq.dtype if positional else None, wk.dtype if positional else None)
-        return torch.stack(means) / count, torch.stack(squares) / count
+        means, squares, saved, ctx.count = _moments(q, k, rq, wk)
+        ctx.save_for_backward(q, k, *saved)
+        ctx.dtypes = (rq.dtype, wk.dtype) if rq is not None else (None, None)
+        return means, squares
 
     @staticmethod
     def backward(ctx, grad_means, grad_squares):  # type: ignore[override]
-        q, k, qsum, ksum, gram_q, gram_k, *pos = ctx.saved_tensors
-        gm = grad_means.double() / ctx.count  # (terms, G)
-        gs = 2.0 * grad_squares.double() / ctx.count  # d(x^T M x) = 2 M x for symmetric M
-        mat_q = gs[0].view(1, -1, 1, 1) * gram_k  # d/dq of the content square, per sequence
-        mat_k = gs[0].view(1, -1, 1, 1) * gram_q
-        lin_q = gm[0].view(1, -1, 1) * ksum  # (R, G, c)
-        lin_k = gm[0].view(1, -1, 1) * qsum
-        if not ctx.positional:
-            return _gradient(q, mat_q, None, lin_q, None), _gradient(k, mat_k, None, lin_k, None), None, None
-        rqd, wkd, rq_sum, wk_sum, q_pos, k_pos, mom_q, mom_k, gram_rq, gram_wk = pos
-        pos_q = gs[1].view(-1, 1, 1, 1) * gram_rq  # (G, L, c, c): d/dq of the query-position square
-        pos_k = gs[2].view(-1, 1, 1, 1) * gram_wk
-        dq = _gradient(q, mat_q, pos_q, lin_q, gm[1].view(-1, 1, 1) * rq_sum.t())
-        dk = _gradient(k, mat_k, pos_k, lin_k, gm[2].view(-1, 1, 1) * wk_sum.t())
-        # tables: the means give sum_g gm[g] q_pos[g, i, c] along j; the squares 2 (sum_g gs[g] mom[g, i]) @ rq[:, i, j]
-        m_q = (gs[1].view(-1, 1, 1, 1) * mom_q).sum(0)  # (L_i, c, c)
-        m_k = (gs[2].view(-1, 1, 1, 1) * mom_k).sum(0)  # (L_j, c, c)
-        drq = torch.matmul(m_q, rqd.permute(1, 0, 2)).permute(1, 0, 2)  # (c, L_i, L_j)
-        drq = drq + (gm[1].view(-1, 1, 1) * q_pos).sum(0).t()[:, :, None]
-        dwk = torch.matmul(m_k, wkd.permute(2, 0, 1)).permute(1, 2, 0)  # (c, L_i, L_j)
-        dwk = dwk + (gm[2].view(-1, 1, 1) * k_pos).sum(0).t()[:, None, :]
+        q, k, *saved = ctx.saved_tensors
+        q_args, k_args, drq, dwk = _coefficients(saved, grad_means, grad_squares, ctx.count)
+        dq, dk = _gradient(q, *q_args), _gradient(k, *k_args)
+        if drq is None:
+            return dq, dk, None, None
         return dq, dk, drq.to(ctx.dtypes[0]), dwk.to(ctx.dtypes[1])
+
+
+def _map_views(qkv: torch.Tensor, num_heads: int, qk_dim: int, height: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    The query and key channels of a projected map (B, G * (2 c + e), H, W; per head c query, c key, e value channels)
+    as views (B, O, G, L, c) of its sequences along the attended axis (L = H where ``height``, else W; O the other).
+    """
+    b, _, h, w = qkv.shape
+    heads = qkv.view(b, num_heads, -1, h, w)
+    order = (0, 4, 1, 3, 2) if height else (0, 3, 1, 4, 2)
+    return heads[:, :, :qk_dim].permute(order), heads[:, :, qk_dim : 2 * qk_dim].permute(order)
+
+
+class MapLogitMomentsFunction(torch.autograd.Function):
+    """
+    :class:`LogitMomentsFunction` reading q and k from the projected map (CPU kernel): its backward returns the map's
+    gradient in one tensor (zero in the value channels), so that autograd adds it to the attention's d(map) instead
+    of scattering two slice gradients into zero-filled maps.
+    """
+
+    @staticmethod
+    def forward(ctx, qkv, rq, wk, num_heads: int, qk_dim: int, height: bool):  # type: ignore[override]
+        q, k = _map_views(qkv, num_heads, qk_dim, height)
+        means, squares, saved, ctx.count = _moments(q, k, rq, wk)
+        ctx.save_for_backward(qkv, *saved)
+        ctx.layout = (num_heads, qk_dim, height)
+        ctx.dtypes = (rq.dtype, wk.dtype) if rq is not None else (None, None)
+        return means, squares
+
+    @staticmethod
+    def backward(ctx, grad_means, grad_squares):  # type: ignore[override]
+        qkv, *saved = ctx.saved_tensors
+        num_heads, qk_dim, height = ctx.layout
+        q_args, k_args, drq, dwk = _coefficients(saved, grad_means, grad_squares, ctx.count)
+        dqkv = torch.empty_like(qkv, memory_format=torch.contiguous_format)
+        b, _, h, w = qkv.shape
+        dqkv.view(b, num_heads, -1, h, w)[:, :, 2 * qk_dim :].zero_()
+        kernel = cpu_kernel()
+        empty = q_args[0].new_empty(0)
+        for x, dx, (mat, pos, lin, lin_pos) in zip(
+            _map_views(qkv, num_heads, qk_dim, height), _map_views(dqkv, num_heads, qk_dim, height), (q_args, k_args)
+        ):
+            pos = empty if pos is None else pos.contiguous()
+            lin_pos = empty if lin_pos is None else lin_pos.contiguous()
+            kernel.moment_grad(x, mat.contiguous(), pos, lin.contiguous(), lin_pos, dx)
+        if drq is None:
+            return dqkv, None, None, None, None, None
+        return dqkv, drq.to(ctx.dtypes[0]), dwk.to(ctx.dtypes[1]), None, None, None
 
 
 def logit_moments(
@@ -201,3 +275,28 @@ def logit_moments(
     if (rq is None) != (wk is None):
         raise ValueError("rq and wk must be given together (position terms) or both be None (content only).")
     return LogitMomentsFunction.apply(q, k, rq, wk)
+
+
+def map_logit_moments(
+    qkv: torch.Tensor,
+    num_heads: int,
+    qk_dim: int,
+    height: bool,
+    rq: torch.Tensor | None = None,
+    wk: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    :func:`logit_moments` of the queries and keys of a projected map, read in place by the fused CPU kernel (call
+    :func:`~monai_medt.networks.blocks.cpu_kernel.cpu_kernel` first: this function assumes it returned a module).
+
+    Args:
+        qkv: (B, G * (2 c + e), H, W) projected map of a CPU float32 or float64 layer, any strides; per head ``c``
+            query, ``c`` key and ``e`` value channels.
+        num_heads: G.
+        qk_dim: c.
+        height: attention along the height (sequences are columns), else along the width.
+        rq, wk: (c, L, L) position embeddings, or both None for the content term only.
+    """
+    if (rq is None) != (wk is None):
+        raise ValueError("rq and wk must be given together (position terms) or both be None (content only).")
+    return MapLogitMomentsFunction.apply(qkv, rq, wk, num_heads, qk_dim, height)

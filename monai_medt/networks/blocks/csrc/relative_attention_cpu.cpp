@@ -9,7 +9,9 @@
 //
 // Layouts (all contiguous): q1, q2: (N, L, D); kt, k3t: (N, D, L); vt: (N, E, L); rq, wk: (D, L, L); rv: (E, L, L),
 // indexed [c, i, j]. Sequences are independent, so the work is split over n; the position-table gradients, which sum
-// over n, go to one buffer per chunk of sequences.
+// over n, go to one buffer per chunk of sequences. The map entry points (inference_map, forward_map, backward_map)
+// gather each group of sequences from the layer's projected map into thread buffers in these layouts instead, and
+// write outputs (and gradients) straight into maps.
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -372,106 +374,126 @@ void forward_blocked(const Inputs<float>& in, int64_t N, float* sv, float* sve, 
   });
 }
 
-// Float inference from the projected map to the output map, for eval mode: the sequences' queries, keys and values are
-// gathered from qkv (B, G * (2 D + E), H, W; per head D query, D key and E value channels) into a thread's buffers, the
-// logit-norm scales applied on the way (q1 = q * s[0, g], q2 = q * s[1, g], k3 = k * s[2, g]), and the output norm
-// written straight into out (B, G * E, H, W): out = sv * a[0, ch] + sve * a[1, ch] + shift[ch]. This replaces the
-// layout copies of the projection and the output passes around the kernel (one read of the projection, one write of
-// the output per layer). Both maps are addressed through their strides (qs, os: batch, channel, row, column), so
+// A layer's projected map qkv (B, G * (2 D + E), H, W; per head D query, D key and E value channels) as its B G O
+// sequences (O: the other axis). Maps are addressed through their strides (batch, channel, row, column), so that
 // contiguous and channels-last maps work alike.
-void map_blocked(const float* qkv, const int64_t* qs, int64_t B, int64_t G, int64_t H, int64_t W, bool height,
-                 const float* scales, const Inputs<float>& in, const float* out_scale, const float* out_shift,
-                 float* out, const int64_t* os) {
-  const int64_t L = in.L, D = in.D, E = in.E, C = G * E;
-  const int64_t O = height ? W : H;  // sequences per (image, head): the other axis
-  const int64_t q_step = height ? qs[2] : qs[3], q_across = height ? qs[3] : qs[2];
-  const int64_t o_step = height ? os[2] : os[3], o_across = height ? os[3] : os[2];
-  const BlockedInputs blocked(in);
-  const int64_t Lp = blocked.Lp;
+struct MapLayout {
+  const float* qkv;
+  const int64_t* qs;
+  int64_t B, G, O, D, E;
+  bool height;
   // neighbouring sequences share cache lines: in a contiguous map those of one head along the other axis (order
   // b, g, o), in a channels-last map those of the heads at one position (order b, o, g)
-  const bool heads_inner = qs[1] == 1;
-  const int64_t per_sequence = (2 * D + E) * L + (in.positional ? 2 : 1) * Lp * E;
+  bool heads_inner;
+
+  MapLayout(const float* map, const int64_t* strides, int64_t batch, int64_t heads, int64_t H, int64_t W,
+            int64_t qk_dim, int64_t head_dim, bool along_height)
+      : qkv(map),
+        qs(strides),
+        B(batch),
+        G(heads),
+        O(along_height ? W : H),
+        D(qk_dim),
+        E(head_dim),
+        height(along_height),
+        heads_inner(strides[1] == 1) {}
+
+  int64_t sequences() const { return B * G * O; }
+
   // sequence n's image, head and position along the other axis
-  auto locate = [&](int64_t n, int64_t& b, int64_t& g, int64_t& o) {
+  void locate(int64_t n, int64_t& b, int64_t& g, int64_t& o) const {
     b = n / (G * O);
     g = heads_inner ? n % G : (n / O) % G;
     o = heads_inner ? (n / G) % O : n % O;
-  };
-  at::parallel_for(0, B * G * O, kGroup, [&](int64_t begin, int64_t end) {
+  }
+
+  // offset of (image b, channel c, position i along the axis, o along the other) in a map with strides st
+  int64_t offset(const int64_t* st, int64_t b, int64_t c, int64_t i, int64_t o) const {
+    return b * st[0] + c * st[1] + (height ? i * st[2] + o * st[3] : o * st[2] + i * st[3]);
+  }
+};
+
+// Sequence (b, g, o)'s operands into a thread's buffers: the queries scaled by the logit-norm scales (q1 = q s[0, g],
+// q2 = q s[1, g]), transposed to (D, Lp) at q (see BlockedInputs::queries), the keys kt and k3t = k s[2, g] (D, L)
+// and the values vt (E, L), times s[rows, g] where value_scale (rows: 3 logit scales with positions, else 1)
+void gather(const MapLayout& m, const BlockedInputs& blocked, const float* s, bool value_scale, int64_t b, int64_t g,
+            int64_t o, float* q, float* kt, float* k3t, float* vt) {
+  const int64_t L = blocked.in.L, Lp = blocked.Lp, D = m.D, E = m.E, G = m.G;
+  const bool positional = blocked.in.positional;
+  const float s0 = s[g], s1 = positional ? s[G + g] : 0.0f, s2 = positional ? s[2 * G + g] : 0.0f;
+  const float s3 = value_scale ? s[(positional ? 3 : 1) * G + g] : 1.0f;
+  const int64_t cs = m.qs[1];
+  float* q1t = q;
+  float* q2t = q + D * Lp;
+  // position-major: the channels of one position share cache lines in a channels-last map, and a strided walk along
+  // one channel would meet the same cache set at every position where the map's row stride is a multiple of 4 KiB
+  for (int64_t i = 0; i < L; ++i) {
+    const float* at = m.qkv + m.offset(m.qs, b, g * (2 * D + E), i, o);
+    for (int64_t c = 0; c < D; ++c) {
+      const float qi = at[c * cs], ki = at[(D + c) * cs];
+      q1t[c * Lp + i] = qi * s0;
+      kt[c * L + i] = ki;
+      if (positional) {
+        q2t[c * Lp + i] = qi * s1;
+        k3t[c * L + i] = ki * s2;
+      }
+    }
+    for (int64_t e = 0; e < E; ++e) vt[e * L + i] = at[(2 * D + e) * cs] * s3;
+  }
+}
+
+// Float forward from the projected map: per group of sequences, their operands gathered (see gather), the row blocks
+// run, and write(b, g, o, sv, sve) given each sequence's weighted sums (Lp, E); where stats is given, each row's max
+// and 1 / sum go to stats (B G O, L, 2), in the order of MapLayout::locate. Replaces the layout copies of the
+// projection and the passes around the kernel: one read of the projection, one write of the output per layer.
+template <typename Write>
+void map_forward(const MapLayout& m, const Inputs<float>& in, const float* scales, bool value_scale, float* stats,
+                 Write write) {
+  const int64_t L = in.L, D = in.D, E = in.E;
+  const BlockedInputs blocked(in);
+  const int64_t Lp = blocked.Lp;
+  const int64_t per_sequence = (2 * D + E) * L + (in.positional ? 2 : 1) * Lp * E;
+  at::parallel_for(0, m.sequences(), kGroup, [&](int64_t begin, int64_t end) {
     std::vector<float> buf = blocked.buffers(kGroup);
     float* S = blocked.scores(buf.data(), kGroup);
     // per sequence of a group: kt, k3t (D, L), vt (E, L), sv (Lp, E) and, with positions, sve (Lp, E)
     std::vector<float> local(kGroup * per_sequence);
     for (int64_t n0 = begin; n0 < end; n0 += kGroup) {
       const int64_t count = std::min(kGroup, end - n0);
+      int64_t b[kGroup], g[kGroup], o[kGroup];
       for (int64_t s = 0; s < count; ++s) {
-        int64_t b, g, o;
-        locate(n0 + s, b, g, o);
-        const float* head = qkv + b * qs[0] + g * (2 * D + E) * qs[1] + o * q_across;
-        const float s0 = scales[g];
-        const float s1 = in.positional ? scales[G + g] : 0.0f, s2 = in.positional ? scales[2 * G + g] : 0.0f;
-        float* q1t = blocked.queries(buf.data(), s);
-        float* q2t = q1t + D * Lp;
+        m.locate(n0 + s, b[s], g[s], o[s]);
         float* kt = local.data() + s * per_sequence;
-        float* k3t = kt + D * L;
-        float* vt = k3t + D * L;
-        // position-major: the channels of one position share cache lines in a channels-last map, and a strided walk
-        // along one channel would meet the same cache set at every position where the map's row stride is a
-        // multiple of 4 KiB
-        for (int64_t i = 0; i < L; ++i) {
-          const float* at = head + i * q_step;
-          for (int64_t c = 0; c < D; ++c) {
-            const float qi = at[c * qs[1]], ki = at[(D + c) * qs[1]];
-            q1t[c * Lp + i] = qi * s0;
-            kt[c * L + i] = ki;
-            if (in.positional) {
-              q2t[c * Lp + i] = qi * s1;
-              k3t[c * L + i] = ki * s2;
-            }
-          }
-          for (int64_t e = 0; e < E; ++e) vt[e * L + i] = at[(2 * D + e) * qs[1]];
-        }
+        gather(m, blocked, scales, value_scale, b[s], g[s], o[s], blocked.queries(buf.data(), s), kt, kt + D * L,
+               kt + 2 * D * L);
       }
       for (int64_t i0 = 0; i0 < Lp; i0 += kLanes) {
         for (int64_t s = 0; s < count; ++s) {
           const float* kt = local.data() + s * per_sequence;
           float* sv = local.data() + s * per_sequence + (2 * D + E) * L;
           row_block(blocked, kt, in.positional ? kt + D * L : nullptr, kt + 2 * D * L, blocked.queries(buf.data(), s),
-                    S, i0, sv, sv + Lp * E, nullptr);
+                    S, i0, sv, sv + Lp * E, stats ? stats + (n0 + s) * L * 2 : nullptr);
         }
       }
       for (int64_t s = 0; s < count; ++s) {
-        int64_t b, g, o;
-        locate(n0 + s, b, g, o);
         const float* sv = local.data() + s * per_sequence + (2 * D + E) * L;
-        const float* sve = sv + Lp * E;
-        const float* a0 = out_scale + g * E;
-        const float* a1 = in.positional ? out_scale + C + g * E : nullptr;
-        const float* shift = out_shift + g * E;
-        for (int64_t i = 0; i < L; ++i) {
-          float* dst = out + b * os[0] + g * E * os[1] + o * o_across + i * o_step;
-          for (int64_t e = 0; e < E; ++e) {
-            const float value = sv[i * E + e] * a0[e] + shift[e];
-            dst[e * os[1]] = in.positional ? value + sve[i * E + e] * a1[e] : value;
-          }
-        }
+        write(b[s], g[s], o[s], sv, sv + Lp * E);
       }
     }
   });
 }
 
-// The probabilities of rows i0..i0+kLanes-1 of sequence n (its queries q, see load_queries) into S[j, lane],
-// recomputed as the blocked forward computed them (same logits, same exp) from its saved max and 1 / sum
-void block_probabilities(const BlockedInputs& blocked, int64_t n, int64_t i0, const float* stats, const float* q,
-                         float* S) {
-  const Inputs<float>& in = blocked.in;
-  const int64_t L = in.L, D = in.D;
-  blocked.logits(in.kt + n * D * L, in.positional ? in.k3t + n * D * L : nullptr, i0, q, S);
+// The probabilities of rows i0..i0+kLanes-1 of one sequence (its queries q, see load_queries; keys kt, k3t) into
+// S[j, lane], recomputed as the blocked forward computed them (same logits, same exp) from the sequence's saved max
+// and 1 / sum, stats (L, 2)
+void block_probabilities(const BlockedInputs& blocked, const float* kt, const float* k3t, int64_t i0,
+                         const float* stats, const float* q, float* S) {
+  const int64_t L = blocked.in.L;
+  blocked.logits(kt, k3t, i0, q, S);
   fv m = fv{}, inv = fv{};
   for (int64_t r = 0; r < std::min(kLanes, L - i0); ++r) {
-    m[r] = stats[2 * (n * L + i0 + r)];
-    inv[r] = stats[2 * (n * L + i0 + r) + 1];
+    m[r] = stats[2 * (i0 + r)];
+    inv[r] = stats[2 * (i0 + r) + 1];
   }
   for (int64_t j = 0; j < L; ++j) storev(S + j * kLanes, exp_nonpositive(loadv(S + j * kLanes) - m) * inv);
 }
@@ -542,16 +564,12 @@ MEDT_INLINE void add_lane_sums(float* dst, int64_t count, bool first, Term term)
 // a sequence's blocks and summing once per sequence held kLanes times the gradients' size and ran from L2: slower.)
 struct BackwardBuffers {
   const BlockedInputs& blocked;
-  float *dkt, *dk3t, *dvt;  // the key and value gradients, (N, D, L), (N, D, L), (N, E, L)
   std::vector<float> queries;  // a group's queries and the scores S, see BlockedInputs::buffers
   std::vector<float> da, g, gp;  // (L, kLanes), (E, kLanes), (E, kLanes)
   std::vector<fv> dq;  // the query gradients' accumulators where D is only known at run time: 2 D
 
-  BackwardBuffers(const BlockedInputs& b, float* dkt_, float* dk3t_, float* dvt_)
+  explicit BackwardBuffers(const BlockedInputs& b)
       : blocked(b),
-        dkt(dkt_),
-        dk3t(dk3t_),
-        dvt(dvt_),
         queries(b.buffers(kGroup)),
         da(b.in.L * kLanes),
         g(b.in.E * kLanes),
@@ -559,19 +577,26 @@ struct BackwardBuffers {
         dq(2 * b.in.D) {}
 };
 
+// One sequence's operands and gradients in the float backward: keys kt, k3t (D, L), values vt (E, L), the forward's
+// stats (L, 2) and the output gradients dsv, dsve (L, E) in; the gradients dq1, dq2 (L, D), dkt, dk3t (D, L) and
+// dvt (E, L) out (k3t, dsve, dq2 and dk3t unused without positions)
+struct SequenceGrads {
+  const float *kt, *k3t, *vt, *stats, *dsv, *dsve;
+  float *dq1, *dq2, *dkt, *dk3t, *dvt;
+};
+
 // DD, EE: the query and value channel counts known at compile time (0: at run time); POS: the positional form
 template <int DD, int EE, bool POS>
-void backward_block(BackwardBuffers& w, int64_t n, int64_t i0, const float* q, const float* stats, const float* dsv,
-                    const float* dsve, float* dq1, float* dq2, float* tables) {
+void backward_block(BackwardBuffers& w, const SequenceGrads& sq, int64_t i0, const float* q, float* tables) {
   const BlockedInputs& blocked = w.blocked;
   const Inputs<float>& in = blocked.in;
   const int64_t L = in.L, D = DD > 0 ? DD : in.D, E = EE > 0 ? EE : in.E, Lp = blocked.Lp;
   constexpr bool positional = POS;
   float* S = blocked.scores(w.queries.data(), kGroup);
-  block_probabilities(blocked, n, i0, stats, q, S);
-  const float* kt = in.kt + n * D * L;
-  const float* k3t = positional ? in.k3t + n * D * L : nullptr;
-  const float* vt = in.vt + n * E * L;
+  const float* kt = sq.kt;
+  const float* k3t = positional ? sq.k3t : nullptr;
+  const float* vt = sq.vt;
+  block_probabilities(blocked, kt, k3t, i0, sq.stats, q, S);
   // the row block's slices of the tables and of their gradients (see BlockedInputs::slot)
   const float* __restrict__ rqt = positional ? blocked.rqt.data() + i0 * L * D : nullptr;
   const float* __restrict__ wkt = positional ? blocked.wkt.data() + i0 * L * D : nullptr;
@@ -585,8 +610,8 @@ void backward_block(BackwardBuffers& w, int64_t n, int64_t i0, const float* q, c
   const int64_t rows = std::min(kLanes, L - i0);
   for (int64_t e = 0; e < E; ++e)
     for (int64_t r = 0; r < kLanes; ++r) {
-      g[e * kLanes + r] = r < rows ? dsv[(n * L + i0 + r) * E + e] : 0.0f;
-      if (positional) gp[e * kLanes + r] = r < rows ? dsve[(n * L + i0 + r) * E + e] : 0.0f;
+      g[e * kLanes + r] = r < rows ? sq.dsv[(i0 + r) * E + e] : 0.0f;
+      if (positional) gp[e * kLanes + r] = r < rows ? sq.dsve[(i0 + r) * E + e] : 0.0f;
     }
   // the output gradients (and below, the second queries) in registers where the channel counts are compile-time
   constexpr int ER = EE > 0 ? EE : 1, DR = DD > 0 ? DD : 1;
@@ -617,7 +642,7 @@ void backward_block(BackwardBuffers& w, int64_t n, int64_t i0, const float* q, c
     delta += p * d;
   }
   // the rows' sums: dv[e, j] = sum_i p[i, j] g[i, e], a group of kLanes key positions at a time
-  float* dvt = w.dvt + n * E * L;
+  float* dvt = sq.dvt;
   for (int64_t e = 0; e < E; ++e) {
     const fv ge = g_of(e);
     for (int64_t j0 = 0; j0 < L; j0 += kLanes)
@@ -650,8 +675,8 @@ void backward_block(BackwardBuffers& w, int64_t n, int64_t i0, const float* q, c
   }
   // the rows' sums: dk[c, j] = sum_i ds[i, j] q1[i, c], dk3[c, j] = sum_i ds[i, j] wk[c, i, j]
   const float* dsb = da;
-  float* dkt = w.dkt + n * D * L;
-  float* dk3t = positional ? w.dk3t + n * D * L : nullptr;
+  float* dkt = sq.dkt;
+  float* dk3t = positional ? sq.dk3t : nullptr;
   for (int64_t c = 0; c < D; ++c) {
     const fv q1c = loadv(q1t + c * Lp + i0);
     for (int64_t j0 = 0; j0 < L; j0 += kLanes) {
@@ -666,45 +691,140 @@ void backward_block(BackwardBuffers& w, int64_t n, int64_t i0, const float* q, c
   }
   for (int64_t c = 0; c < D; ++c)
     for (int64_t r = 0; r < rows; ++r) {
-      dq1[(n * L + i0 + r) * D + c] = a1[c][r];
-      if (positional) dq2[(n * L + i0 + r) * D + c] = a2[c][r];
+      sq.dq1[(i0 + r) * D + c] = a1[c][r];
+      if (positional) sq.dq2[(i0 + r) * D + c] = a2[c][r];
     }
 }
 
 template <int DD, int EE>
-void backward_block_any(BackwardBuffers& w, int64_t n, int64_t i0, const float* q, const float* stats,
-                        const float* dsv, const float* dsve, float* dq1, float* dq2, float* tables) {
+void backward_block_any(BackwardBuffers& w, const SequenceGrads& sq, int64_t i0, const float* q, float* tables) {
   if (w.blocked.in.positional)
-    backward_block<DD, EE, true>(w, n, i0, q, stats, dsv, dsve, dq1, dq2, tables);
+    backward_block<DD, EE, true>(w, sq, i0, q, tables);
   else
-    backward_block<DD, EE, false>(w, n, i0, q, stats, dsv, dsve, dq1, dq2, tables);
+    backward_block<DD, EE, false>(w, sq, i0, q, tables);
+}
+
+// Row block i0 of one sequence (see backward_block), with the networks' shapes (value channels twice the query
+// channels) compiled for both counts
+void backward_block_dispatch(BackwardBuffers& w, const SequenceGrads& sq, int64_t i0, const float* q, float* tables) {
+  const Inputs<float>& in = w.blocked.in;
+  switch (in.E == 2 * in.D ? in.D : 0) {
+    case 1: backward_block_any<1, 2>(w, sq, i0, q, tables); break;
+    case 2: backward_block_any<2, 4>(w, sq, i0, q, tables); break;
+    case 4: backward_block_any<4, 8>(w, sq, i0, q, tables); break;
+    case 8: backward_block_any<8, 16>(w, sq, i0, q, tables); break;
+    default: backward_block_any<0, 0>(w, sq, i0, q, tables);
+  }
 }
 
 // Sequences [begin, end) of one chunk; tables: the chunk's table gradients (rq, wk, rv in the slot layout), zeroed
 void backward_chunk(const BlockedInputs& blocked, int64_t begin, int64_t end, const float* stats, const float* dsv,
                     const float* dsve, float* dq1, float* dkt, float* dq2, float* dk3t, float* dvt, float* tables) {
   const Inputs<float>& in = blocked.in;
-  BackwardBuffers w(blocked, dkt, dk3t, dvt);
+  const int64_t L = in.L, D = in.D, E = in.E;
+  const bool pos = in.positional;
+  BackwardBuffers w(blocked);
   // row blocks over a group of sequences in turn, as in the forward: the group shares the block's table slices and
   // the slices of the chunk's table gradients, which then stay in L1 between the sequences
   for (int64_t n0 = begin; n0 < end; n0 += kGroup) {
     const int64_t count = std::min(kGroup, end - n0);
-    for (int64_t s = 0; s < count; ++s) blocked.load_queries(n0 + s, blocked.queries(w.queries.data(), s));
-    for (int64_t i0 = 0; i0 < blocked.Lp; i0 += kLanes) {
-      for (int64_t s = 0; s < count; ++s) {
-        const int64_t n = n0 + s;
-        const float* q = blocked.queries(w.queries.data(), s);
-        // the networks' shapes (value channels twice the query channels) with both counts known at compile time
-        switch (in.E == 2 * in.D ? in.D : 0) {
-          case 1: backward_block_any<1, 2>(w, n, i0, q, stats, dsv, dsve, dq1, dq2, tables); break;
-          case 2: backward_block_any<2, 4>(w, n, i0, q, stats, dsv, dsve, dq1, dq2, tables); break;
-          case 4: backward_block_any<4, 8>(w, n, i0, q, stats, dsv, dsve, dq1, dq2, tables); break;
-          case 8: backward_block_any<8, 16>(w, n, i0, q, stats, dsv, dsve, dq1, dq2, tables); break;
-          default: backward_block_any<0, 0>(w, n, i0, q, stats, dsv, dsve, dq1, dq2, tables);
+    SequenceGrads seq[kGroup];
+    for (int64_t s = 0; s < count; ++s) {
+      const int64_t n = n0 + s;
+      blocked.load_queries(n, blocked.queries(w.queries.data(), s));
+      seq[s] = {in.kt + n * D * L, pos ? in.k3t + n * D * L : nullptr, in.vt + n * E * L, stats + n * L * 2,
+                dsv + n * L * E, pos ? dsve + n * L * E : nullptr, dq1 + n * L * D, pos ? dq2 + n * L * D : nullptr,
+                dkt + n * D * L, pos ? dk3t + n * D * L : nullptr, dvt + n * E * L};
+    }
+    for (int64_t i0 = 0; i0 < blocked.Lp; i0 += kLanes)
+      for (int64_t s = 0; s < count; ++s)
+        backward_block_dispatch(w, seq[s], i0, blocked.queries(w.queries.data(), s), tables);
+  }
+}
+
+// The float backward of map_forward's training form (scales with a value-scale row, output map out (B, G E T, H, W)
+// with channel (g E + e) T + t for the T terms). Per chunk of sequences, per group: the operands gathered again, the
+// output gradients dout gathered to (L, E) per term, the row blocks' backward run (backward_block), and the gradients
+// written to dqkv (every entry once): dq = dq1 s0 + dq2 s1, dk = dk + dk3 s2, dv = dv s3. The scales' gradients
+// (sum q dq1, sum q dq2, sum k dk3, sum v dv per head) go to dscales (chunks, rows, G), float64, zeroed; the table
+// gradients to tables, per chunk in the slot layout, zeroed.
+void map_backward(const MapLayout& m, const BlockedInputs& blocked, const float* scales, const float* stats,
+                  const float* dout, const int64_t* ds, float* dqkv, const int64_t* dqs, int64_t chunks,
+                  double* dscales, float* tables) {
+  const Inputs<float>& in = blocked.in;
+  const int64_t L = in.L, D = in.D, E = in.E, G = m.G, Lp = blocked.Lp, N = m.sequences();
+  const bool pos = in.positional;
+  const int64_t terms = pos ? 2 : 1, rows = pos ? 4 : 1, per_chunk = (2 * D + E) * L * Lp;
+  // per sequence: kt, k3t, vt, then dkt, dk3t, dvt ((2 D + E) L each), dsv, dsve (L, E), dq1, dq2 (L, D)
+  const int64_t per_sequence = 2 * (2 * D + E) * L + 2 * L * E + 2 * L * D;
+  at::parallel_for(0, chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
+    BackwardBuffers w(blocked);
+    std::vector<float> local(kGroup * per_sequence);
+    for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
+      double* dsc = dscales + chunk * rows * G;
+      float* tab = pos ? tables + chunk * per_chunk : nullptr;
+      const int64_t end = N * (chunk + 1) / chunks;
+      for (int64_t n0 = N * chunk / chunks; n0 < end; n0 += kGroup) {
+        const int64_t count = std::min(kGroup, end - n0);
+        int64_t b[kGroup], g[kGroup], o[kGroup];
+        SequenceGrads seq[kGroup];
+        for (int64_t s = 0; s < count; ++s) {
+          m.locate(n0 + s, b[s], g[s], o[s]);
+          float* kt = local.data() + s * per_sequence;
+          float* dkt = kt + (2 * D + E) * L;
+          float* dsv = dkt + (2 * D + E) * L;
+          float* dq1 = dsv + 2 * L * E;
+          gather(m, blocked, scales, pos, b[s], g[s], o[s], blocked.queries(w.queries.data(), s), kt, kt + D * L,
+                 kt + 2 * D * L);
+          for (int64_t i = 0; i < L; ++i) {
+            const float* at = dout + m.offset(ds, b[s], g[s] * E * terms, i, o[s]);
+            for (int64_t e = 0; e < E; ++e) {
+              dsv[i * E + e] = at[e * terms * ds[1]];
+              if (pos) dsv[L * E + i * E + e] = at[(e * terms + 1) * ds[1]];
+            }
+          }
+          seq[s] = {kt, pos ? kt + D * L : nullptr, kt + 2 * D * L, stats + (n0 + s) * L * 2, dsv,
+                    pos ? dsv + L * E : nullptr, dq1, pos ? dq1 + L * D : nullptr, dkt, pos ? dkt + D * L : nullptr,
+                    dkt + 2 * D * L};
+        }
+        for (int64_t i0 = 0; i0 < Lp; i0 += kLanes)
+          for (int64_t s = 0; s < count; ++s)
+            backward_block_dispatch(w, seq[s], i0, blocked.queries(w.queries.data(), s), tab);
+        for (int64_t s = 0; s < count; ++s) {
+          const SequenceGrads& sq = seq[s];
+          const int64_t gs = g[s];
+          const float s0 = scales[gs], s1 = pos ? scales[G + gs] : 0.0f, s2 = pos ? scales[2 * G + gs] : 0.0f;
+          const float s3 = pos ? scales[3 * G + gs] : 1.0f;
+          double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0;
+          for (int64_t i = 0; i < L; ++i) {
+            const float* at = m.qkv + m.offset(m.qs, b[s], gs * (2 * D + E), i, o[s]);
+            float* dst = dqkv + m.offset(dqs, b[s], gs * (2 * D + E), i, o[s]);
+            for (int64_t c = 0; c < D; ++c) {
+              const float qi = at[c * m.qs[1]], ki = at[(D + c) * m.qs[1]];
+              const float g1 = sq.dq1[i * D + c], g2 = pos ? sq.dq2[i * D + c] : 0.0f;
+              const float gk = sq.dkt[c * L + i], gk3 = pos ? sq.dk3t[c * L + i] : 0.0f;
+              dst[c * dqs[1]] = g1 * s0 + g2 * s1;
+              dst[(D + c) * dqs[1]] = gk + gk3 * s2;
+              a0 += static_cast<double>(g1) * qi;
+              a1 += static_cast<double>(g2) * qi;
+              a2 += static_cast<double>(gk3) * ki;
+            }
+            for (int64_t e = 0; e < E; ++e) {
+              const float gv = sq.dvt[e * L + i];
+              dst[(2 * D + e) * dqs[1]] = gv * s3;
+              a3 += static_cast<double>(gv) * at[(2 * D + e) * m.qs[1]];
+            }
+          }
+          dsc[gs] += a0;
+          if (pos) {
+            dsc[G + gs] += a1;
+            dsc[2 * G + gs] += a2;
+            dsc[3 * G + gs] += a3;
+          }
         }
       }
     }
-  }
+  });
 }
 
 // The float64 backward, row by row (the reference precision path; float32 runs backward_chunk)
@@ -867,43 +987,151 @@ std::vector<torch::Tensor> attention_inference(torch::Tensor q1, torch::Tensor k
   return {sv, sve};
 }
 
-// Eval-mode layer from its projected map to its output map (see map_blocked); float32, no autograd
-torch::Tensor attention_inference_map(torch::Tensor qkv, int64_t heads, int64_t qk_dim, int64_t head_dim, bool height,
-                                      torch::Tensor scales, torch::Tensor rq, torch::Tensor wk, torch::Tensor rv,
-                                      torch::Tensor out_scale, torch::Tensor out_shift, bool positional) {
+// Checks shared by the map entry points (qkv float32 (B, heads (2 qk_dim + head_dim), H, W) of any strides, scales
+// (scale_rows, heads), the (c, L, L) position tables); the kernel's view of the tables and sizes
+Inputs<float> map_inputs(const torch::Tensor& qkv, int64_t heads, int64_t qk_dim, int64_t head_dim, bool height,
+                         const torch::Tensor& scales, int64_t scale_rows, const torch::Tensor& rq,
+                         const torch::Tensor& wk, const torch::Tensor& rv, bool positional) {
   TORCH_CHECK(qkv.device().is_cpu() && qkv.dim() == 4, "qkv must be a 4D CPU tensor (any strides)");
   TORCH_CHECK(qkv.scalar_type() == torch::kFloat, "qkv must be float32");
-  const int64_t B = qkv.size(0), H = qkv.size(2), W = qkv.size(3), L = height ? H : W, C = heads * head_dim;
   TORCH_CHECK(qkv.size(1) == heads * (2 * qk_dim + head_dim), "qkv has ", qkv.size(1), " channels, expected ",
               heads * (2 * qk_dim + head_dim));
-  const int64_t terms = positional ? 2 : 1;
   check(scales, "scales", 2);
-  TORCH_CHECK(scales.size(0) == (positional ? 3 : 1) && scales.size(1) == heads, "scales must be (3 or 1, heads)");
-  check(out_scale, "out_scale", 2);
-  TORCH_CHECK(out_scale.size(0) == terms && out_scale.size(1) == C, "out_scale must be (terms, heads * head_dim)");
-  check(out_shift, "out_shift", 1);
-  TORCH_CHECK(out_shift.size(0) == C, "out_shift must have heads * head_dim entries");
-  for (const auto& t : {scales, out_scale, out_shift}) TORCH_CHECK(t.scalar_type() == torch::kFloat, "float32 only");
+  TORCH_CHECK(scales.scalar_type() == torch::kFloat, "scales must be float32");
+  TORCH_CHECK(scales.size(0) == scale_rows && scales.size(1) == heads, "scales must be (", scale_rows, ", heads)");
   Inputs<float> in{};
-  in.L = L;
+  in.L = height ? qkv.size(2) : qkv.size(3);
   in.D = qk_dim;
   in.E = head_dim;
   in.positional = positional;
   if (positional) {
     for (const auto& t : {rq, wk, rv}) {
       check(t, "position table", 3);
-      TORCH_CHECK(t.scalar_type() == torch::kFloat && t.size(1) == L && t.size(2) == L, "tables must be (c, L, L)");
+      TORCH_CHECK(t.scalar_type() == torch::kFloat && t.size(1) == in.L && t.size(2) == in.L,
+                  "tables must be (c, L, L)");
     }
     TORCH_CHECK(rq.size(0) == qk_dim && wk.size(0) == qk_dim && rv.size(0) == head_dim, "table channels");
     in.rq = rq.data_ptr<float>();
     in.wk = wk.data_ptr<float>();
     in.rv = rv.data_ptr<float>();
   }
-  // the output keeps the projection's memory format (contiguous or channels-last)
+  return in;
+}
+
+// Eval-mode layer from its projected map to its output map (see map_forward): the logit-norm scales applied on the
+// way (scales (3 or 1, heads)) and the output norm written into out (B, heads head_dim, H, W) in the projection's
+// memory format: out = sv a[0, ch] + sve a[1, ch] + shift[ch]. Float32, no autograd.
+torch::Tensor attention_inference_map(torch::Tensor qkv, int64_t heads, int64_t qk_dim, int64_t head_dim, bool height,
+                                      torch::Tensor scales, torch::Tensor rq, torch::Tensor wk, torch::Tensor rv,
+                                      torch::Tensor out_scale, torch::Tensor out_shift, bool positional) {
+  const int64_t terms = positional ? 2 : 1, C = heads * head_dim;
+  const Inputs<float> in = map_inputs(qkv, heads, qk_dim, head_dim, height, scales, positional ? 3 : 1, rq, wk, rv,
+                                      positional);
+  check(out_scale, "out_scale", 2);
+  TORCH_CHECK(out_scale.size(0) == terms && out_scale.size(1) == C, "out_scale must be (terms, heads * head_dim)");
+  check(out_shift, "out_shift", 1);
+  TORCH_CHECK(out_shift.size(0) == C, "out_shift must have heads * head_dim entries");
+  for (const auto& t : {out_scale, out_shift}) TORCH_CHECK(t.scalar_type() == torch::kFloat, "float32 only");
+  const int64_t B = qkv.size(0), H = qkv.size(2), W = qkv.size(3);
   auto out = torch::empty({B, C, H, W}, qkv.options().memory_format(qkv.suggest_memory_format()));
-  map_blocked(qkv.data_ptr<float>(), qkv.strides().data(), B, heads, H, W, height, scales.data_ptr<float>(), in,
-              out_scale.data_ptr<float>(), out_shift.data_ptr<float>(), out.data_ptr<float>(), out.strides().data());
+  const MapLayout m(qkv.data_ptr<float>(), qkv.strides().data(), B, heads, H, W, qk_dim, head_dim, height);
+  const float* a0 = out_scale.data_ptr<float>();
+  const float* shift = out_shift.data_ptr<float>();
+  float* dst = out.data_ptr<float>();
+  const int64_t* os = out.strides().data();
+  const int64_t L = in.L, E = head_dim;
+  map_forward(m, in, scales.data_ptr<float>(), false, nullptr,
+              [&](int64_t b, int64_t g, int64_t o, const float* sv, const float* sve) {
+                for (int64_t i = 0; i < L; ++i) {
+                  float* at = dst + m.offset(os, b, g * E, i, o);
+                  for (int64_t e = 0; e < E; ++e) {
+                    const int64_t ch = g * E + e;
+                    const float value = sv[i * E + e] * a0[ch] + shift[ch];
+                    at[e * os[1]] = positional ? value + sve[i * E + e] * a0[C + ch] : value;
+                  }
+                }
+              });
   return out;
+}
+
+// Training forward from the projected map (see map_forward): scales (4, heads) with positions (the three logit
+// scales, then the value scale), else (1, heads). Returns the terms' weighted sums stacked into one contiguous map
+// (B, heads head_dim T, H, W), channel (g head_dim + e) T + t for the T terms (sv, then sve), and the softmax
+// statistics (B heads O, L, 2) for attention_backward_map.
+std::vector<torch::Tensor> attention_forward_map(torch::Tensor qkv, int64_t heads, int64_t qk_dim, int64_t head_dim,
+                                                 bool height, torch::Tensor scales, torch::Tensor rq,
+                                                 torch::Tensor wk, torch::Tensor rv, bool positional) {
+  const Inputs<float> in = map_inputs(qkv, heads, qk_dim, head_dim, height, scales, positional ? 4 : 1, rq, wk, rv,
+                                      positional);
+  const int64_t B = qkv.size(0), H = qkv.size(2), W = qkv.size(3), T = positional ? 2 : 1, L = in.L, E = head_dim;
+  const MapLayout m(qkv.data_ptr<float>(), qkv.strides().data(), B, heads, H, W, qk_dim, head_dim, height);
+  auto out = torch::empty({B, heads * head_dim * T, H, W}, qkv.options());
+  auto stats = torch::empty({m.sequences(), L, 2}, qkv.options());
+  float* dst = out.data_ptr<float>();
+  const int64_t* os = out.strides().data();
+  map_forward(m, in, scales.data_ptr<float>(), positional, stats.data_ptr<float>(),
+              [&](int64_t b, int64_t g, int64_t o, const float* sv, const float* sve) {
+                for (int64_t i = 0; i < L; ++i) {
+                  float* at = dst + m.offset(os, b, g * E * T, i, o);
+                  for (int64_t e = 0; e < E; ++e) {
+                    at[e * T * os[1]] = sv[i * E + e];
+                    if (positional) at[(e * T + 1) * os[1]] = sve[i * E + e];
+                  }
+                }
+              });
+  return {out, stats};
+}
+
+// The position tables' gradients (rq, wk, rv as (c, L, L)): the sums of the per-chunk buffers (slot layout)
+std::vector<torch::Tensor> table_gradients(const BlockedInputs& blocked, const float* tables, int64_t chunks,
+                                           const torch::TensorOptions& options) {
+  const int64_t L = blocked.in.L, D = blocked.in.D, E = blocked.in.E, Lp = blocked.Lp;
+  const int64_t per_chunk = (2 * D + E) * L * Lp;
+  auto drq = torch::empty({D, L, L}, options), dwk = torch::empty({D, L, L}, options);
+  auto drv = torch::empty({E, L, L}, options);
+  float* out[3] = {drq.data_ptr<float>(), dwk.data_ptr<float>(), drv.data_ptr<float>()};
+  const int64_t first[3] = {0, Lp * L * D, 2 * Lp * L * D}, count[3] = {D, D, E};
+  for (int t = 0; t < 3; ++t)
+    for (int64_t c = 0; c < count[t]; ++c)
+      for (int64_t i = 0; i < L; ++i)
+        for (int64_t j = 0; j < L; ++j) {
+          float sum = 0.0f;
+          for (int64_t chunk = 0; chunk < chunks; ++chunk)
+            sum += tables[chunk * per_chunk + first[t] + blocked.slot(i, j, c, count[t])];
+          out[t][(c * L + i) * L + j] = sum;
+        }
+  return {drq, dwk, drv};
+}
+
+// Backward of attention_forward_map (see map_backward): d(qkv) (contiguous), d(scales) and, with positions, the
+// tables' gradients drq, dwk, drv
+std::vector<torch::Tensor> attention_backward_map(torch::Tensor qkv, int64_t heads, int64_t qk_dim, int64_t head_dim,
+                                                  bool height, torch::Tensor scales, torch::Tensor rq,
+                                                  torch::Tensor wk, torch::Tensor rv, bool positional,
+                                                  torch::Tensor stats, torch::Tensor dout) {
+  const int64_t rows = positional ? 4 : 1, T = positional ? 2 : 1;
+  const Inputs<float> in = map_inputs(qkv, heads, qk_dim, head_dim, height, scales, rows, rq, wk, rv, positional);
+  const int64_t B = qkv.size(0), H = qkv.size(2), W = qkv.size(3);
+  const MapLayout m(qkv.data_ptr<float>(), qkv.strides().data(), B, heads, H, W, qk_dim, head_dim, height);
+  check(stats, "stats", 3);
+  TORCH_CHECK(stats.scalar_type() == torch::kFloat && stats.size(0) == m.sequences() && stats.size(1) == in.L,
+              "stats must be float32 (sequences, L, 2)");
+  TORCH_CHECK(dout.dim() == 4 && dout.scalar_type() == torch::kFloat && dout.size(0) == B &&
+                  dout.size(1) == heads * head_dim * T && dout.size(2) == H && dout.size(3) == W,
+              "dout must be float32 (B, heads * head_dim * terms, H, W)");
+  const BlockedInputs blocked(in);
+  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), m.sequences()));
+  const int64_t per_chunk = (2 * qk_dim + head_dim) * in.L * blocked.Lp;
+  auto dqkv = torch::empty({B, qkv.size(1), H, W}, qkv.options());
+  auto dscales = torch::zeros({chunks, rows, heads}, qkv.options().dtype(torch::kDouble));
+  std::vector<float> tables(positional ? chunks * per_chunk : 0, 0.0f);
+  map_backward(m, blocked, scales.data_ptr<float>(), stats.data_ptr<float>(), dout.data_ptr<float>(),
+               dout.strides().data(), dqkv.data_ptr<float>(), dqkv.strides().data(), chunks,
+               dscales.data_ptr<double>(), tables.data());
+  std::vector<torch::Tensor> result = {dqkv, dscales.sum(0).to(torch::kFloat)};
+  if (positional)
+    for (auto& t : table_gradients(blocked, tables.data(), chunks, qkv.options())) result.push_back(t);
+  return result;
 }
 
 std::vector<torch::Tensor> attention_backward(torch::Tensor q1, torch::Tensor kt, torch::Tensor q2,
@@ -933,21 +1161,8 @@ std::vector<torch::Tensor> attention_backward(torch::Tensor q1, torch::Tensor kt
                        positional ? tables.data() + chunk * per_chunk : nullptr);
     });
     if (!positional) return {dq1, dkt, dvt};
-    // the chunks' sums, from the slot layout back to [c, i, j]
-    auto drq = torch::empty({D, L, L}, q1.options()), dwk = torch::empty({D, L, L}, q1.options());
-    auto drv = torch::empty({E, L, L}, q1.options());
-    float* out[3] = {drq.data_ptr<float>(), dwk.data_ptr<float>(), drv.data_ptr<float>()};
-    const int64_t first[3] = {0, Lp * L * D, 2 * Lp * L * D}, count[3] = {D, D, E};
-    for (int t = 0; t < 3; ++t)
-      for (int64_t c = 0; c < count[t]; ++c)
-        for (int64_t i = 0; i < L; ++i)
-          for (int64_t j = 0; j < L; ++j) {
-            float sum = 0.0f;
-            for (int64_t chunk = 0; chunk < chunks; ++chunk)
-              sum += tables[chunk * per_chunk + first[t] + blocked.slot(i, j, c, count[t])];
-            out[t][(c * L + i) * L + j] = sum;
-          }
-    return {dq1, dkt, dvt, dq2, dk3t, drq, dwk, drv};
+    const auto drq_dwk_drv = table_gradients(blocked, tables.data(), chunks, q1.options());
+    return {dq1, dkt, dvt, dq2, dk3t, drq_dwk_drv[0], drq_dwk_drv[1], drq_dwk_drv[2]};
   }
   TORCH_CHECK(q1.scalar_type() == torch::kDouble, "medt_attention_backward: float32 or float64 inputs, got ",
               q1.scalar_type());
@@ -973,6 +1188,7 @@ std::vector<torch::Tensor> attention_backward(torch::Tensor q1, torch::Tensor kt
 
 // Logit moments (logit_moments.py): for x (R, G, L, c) of any strides, in float64, the per-(sequence, head) sums over
 // positions of x and x x^T, and where per_position, the per-(head, position) sums over sequences of x and x x^T.
+// x may also be (B, O, G, L, c), the sequences' two indices apart (views of a projected map): R = B O.
 // One read of x in its index order (the per-position sums go to one buffer per chunk of sequences), instead of a
 // float64 copy of x and a dozen batched matmuls of 1-8 channels. CC: c known at compile time (0: at run time).
 // Calls f(std::integral_constant<int, CC>) with CC = C for the channel counts compiled separately (1, 2, 4, 8), else 0
@@ -987,9 +1203,33 @@ void with_channels(int64_t C, F f) {
   }
 }
 
+// x as (R, G, L, c) sequences: sizes, O (sequence r at (r / O, r % O)) and the strides of (r / O, r % O, g, i, a)
+struct Sequences {
+  int64_t R, O, G, L, C;
+  int64_t st[5];
+
+  explicit Sequences(const torch::Tensor& x) {
+    TORCH_CHECK(x.device().is_cpu() && (x.dim() == 4 || x.dim() == 5),
+                "x must be a 4D (R, G, L, c) or 5D (B, O, G, L, c) CPU tensor");
+    const int64_t k = x.dim() - 4;  // 1 for the 5D form
+    O = k ? x.size(1) : 1;
+    R = x.size(0) * O;
+    G = x.size(1 + k);
+    L = x.size(2 + k);
+    C = x.size(3 + k);
+    st[0] = x.stride(0);
+    st[1] = k ? x.stride(1) : 0;
+    for (int d = 2; d < 5; ++d) st[d] = x.stride(d - 1 + k);
+  }
+
+  int64_t offset(int64_t r, int64_t g) const { return r / O * st[0] + r % O * st[1] + g * st[2]; }
+};
+
 template <int CC, typename scalar_t>
-void moment_sums_impl(const scalar_t* p, const int64_t* st, int64_t R, int64_t G, int64_t L, int64_t c,
-                      bool per_position, double* xsum, double* gram, double* xpos, double* mom) {
+void moment_sums_impl(const scalar_t* p, const Sequences& x_seq, bool per_position, double* xsum, double* gram,
+                      double* xpos, double* mom) {
+  const int64_t R = x_seq.R, G = x_seq.G, L = x_seq.L, c = x_seq.C;
+  const int64_t si = x_seq.st[3], sc = x_seq.st[4];  // strides of the positions and channels
   const int64_t C = CC > 0 ? CC : c;
   const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), R));
   const int64_t per_chunk = per_position ? G * L * C * (C + 1) : 0;
@@ -1007,9 +1247,9 @@ void moment_sums_impl(const scalar_t* p, const int64_t* st, int64_t R, int64_t G
           double* m = gram + (r * G + g) * C * C;
           std::fill(s, s + C, 0.0);
           std::fill(m, m + C * C, 0.0);
-          const scalar_t* base = p + r * st[0] + g * st[1];
+          const scalar_t* base = p + x_seq.offset(r, g);
           for (int64_t i = 0; i < L; ++i) {
-            for (int64_t a = 0; a < C; ++a) x[a] = static_cast<double>(base[i * st[2] + a * st[3]]);
+            for (int64_t a = 0; a < C; ++a) x[a] = static_cast<double>(base[i * si + a * sc]);
             double* ps = per_position ? ppos + (g * L + i) * C : nullptr;
             double* pm = per_position ? pmom + (g * L + i) * C * C : nullptr;
             for (int64_t a = 0; a < C; ++a) {
@@ -1033,19 +1273,17 @@ void moment_sums_impl(const scalar_t* p, const int64_t* st, int64_t R, int64_t G
 }
 
 std::vector<torch::Tensor> moment_sums(torch::Tensor x, bool per_position) {
-  TORCH_CHECK(x.device().is_cpu() && x.dim() == 4, "moment_sums: x must be a 4D CPU tensor (R, G, L, c)");
-  const int64_t R = x.size(0), G = x.size(1), L = x.size(2), C = x.size(3);
+  const Sequences x_seq(x);
+  const int64_t R = x_seq.R, G = x_seq.G, L = x_seq.L, C = x_seq.C;
   const auto opts = x.options().dtype(torch::kDouble);
   const int64_t GP = per_position ? G : 0;
   auto xsum = torch::empty({R, G, C}, opts), gram = torch::empty({R, G, C, C}, opts);
   auto xpos = torch::empty({GP, L, C}, opts), mom = torch::empty({GP, L, C, C}, opts);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "moment_sums", [&] {
-    const scalar_t* p = x.data_ptr<scalar_t>();
-    const int64_t* st = x.strides().data();
     double* xp = per_position ? xpos.data_ptr<double>() : nullptr;
     double* mo = per_position ? mom.data_ptr<double>() : nullptr;
     with_channels(C, [&](auto cc) {
-      moment_sums_impl<decltype(cc)::value>(p, st, R, G, L, C, per_position, xsum.data_ptr<double>(),
+      moment_sums_impl<decltype(cc)::value>(x.data_ptr<scalar_t>(), x_seq, per_position, xsum.data_ptr<double>(),
                                             gram.data_ptr<double>(), xp, mo);
     });
   });
@@ -1053,9 +1291,10 @@ std::vector<torch::Tensor> moment_sums(torch::Tensor x, bool per_position) {
 }
 
 template <int CC, typename scalar_t>
-void moment_grad_impl(const scalar_t* p, const int64_t* st, int64_t R, int64_t G, int64_t L, int64_t c,
-                      const double* mat, const double* pos, const double* lin, const double* lin_pos, scalar_t* out) {
-  const int64_t C = CC > 0 ? CC : c;
+void moment_grad_impl(const scalar_t* p, const Sequences& x_seq, const double* mat, const double* pos,
+                      const double* lin, const double* lin_pos, scalar_t* out, const Sequences& out_seq) {
+  const int64_t R = x_seq.R, G = x_seq.G, L = x_seq.L, C = CC > 0 ? CC : x_seq.C;
+  const int64_t si = x_seq.st[3], sc = x_seq.st[4], osi = out_seq.st[3], osc = out_seq.st[4];
   at::parallel_for(0, R * G, 16, [&](int64_t begin, int64_t end) {
     std::vector<double> heap(CC > 0 ? 0 : 2 * C);
     double local[CC > 0 ? 2 * CC : 1];
@@ -1063,10 +1302,11 @@ void moment_grad_impl(const scalar_t* p, const int64_t* st, int64_t R, int64_t G
     double* y = x + C;
     for (int64_t rg = begin; rg < end; ++rg) {
       const int64_t g = rg % G;
-      const scalar_t* base = p + rg / G * st[0] + g * st[1];
+      const scalar_t* base = p + x_seq.offset(rg / G, g);
+      scalar_t* dst = out + out_seq.offset(rg / G, g);
       const double* m = mat + rg * C * C;
       for (int64_t i = 0; i < L; ++i) {
-        for (int64_t a = 0; a < C; ++a) x[a] = static_cast<double>(base[i * st[2] + a * st[3]]);
+        for (int64_t a = 0; a < C; ++a) x[a] = static_cast<double>(base[i * si + a * sc]);
         for (int64_t a = 0; a < C; ++a) {
           double acc = lin[rg * C + a];
           for (int64_t b = 0; b < C; ++b) acc += m[a * C + b] * x[b];
@@ -1080,7 +1320,7 @@ void moment_grad_impl(const scalar_t* p, const int64_t* st, int64_t R, int64_t G
             y[a] += acc;
           }
         }
-        for (int64_t a = 0; a < C; ++a) out[(rg * L + i) * C + a] = static_cast<scalar_t>(y[a]);
+        for (int64_t a = 0; a < C; ++a) dst[i * osi + a * osc] = static_cast<scalar_t>(y[a]);
       }
     }
   });
@@ -1088,11 +1328,12 @@ void moment_grad_impl(const scalar_t* p, const int64_t* st, int64_t R, int64_t G
 
 // The moments' gradient with respect to x (R, G, L, c): dx[r, g, i] = (mat[r, g] + pos[g, i]) x[r, g, i] + lin[r, g]
 // + lin_pos[g, i], with mat (R, G, c, c), lin (R, G, c) and, optional (empty), pos (G, L, c, c), lin_pos (G, L, c),
-// all float64; dx is contiguous, in x's dtype, computed in float64.
+// all float64; computed in float64, written in x's dtype into out (x's shape, any strides), or where out is empty,
+// into a new contiguous tensor (returned).
 torch::Tensor moment_grad(torch::Tensor x, torch::Tensor mat, torch::Tensor pos, torch::Tensor lin,
-                          torch::Tensor lin_pos) {
-  TORCH_CHECK(x.device().is_cpu() && x.dim() == 4, "moment_grad: x must be a 4D CPU tensor (R, G, L, c)");
-  const int64_t R = x.size(0), G = x.size(1), L = x.size(2), C = x.size(3);
+                          torch::Tensor lin_pos, torch::Tensor out) {
+  const Sequences x_seq(x);
+  const int64_t R = x_seq.R, G = x_seq.G, L = x_seq.L, C = x_seq.C;
   const bool positional = pos.numel() > 0;
   for (const auto& t : {mat, lin}) TORCH_CHECK(t.scalar_type() == torch::kDouble && t.is_contiguous(), "float64");
   TORCH_CHECK(mat.numel() == R * G * C * C && lin.numel() == R * G * C, "moment_grad: mat (R, G, c, c), lin (R, G, c)");
@@ -1102,16 +1343,17 @@ torch::Tensor moment_grad(torch::Tensor x, torch::Tensor mat, torch::Tensor pos,
     TORCH_CHECK(lin_pos.scalar_type() == torch::kDouble && lin_pos.is_contiguous() && lin_pos.numel() == G * L * C,
                 "moment_grad: lin_pos must be float64 (G, L, c)");
   }
-  auto dx = torch::empty({R, G, L, C}, x.options().memory_format(at::MemoryFormat::Contiguous));
+  auto dx = out.numel() ? out : torch::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
+  TORCH_CHECK(dx.sizes() == x.sizes() && dx.scalar_type() == x.scalar_type(), "moment_grad: out must be like x");
+  const Sequences out_seq(dx);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "moment_grad", [&] {
     const scalar_t* p = x.data_ptr<scalar_t>();
-    const int64_t* st = x.strides().data();
     const double* m = mat.data_ptr<double>();
     const double* l = lin.data_ptr<double>();
     const double* pp = positional ? pos.data_ptr<double>() : nullptr;
     const double* lp = positional ? lin_pos.data_ptr<double>() : nullptr;
-    scalar_t* out = dx.data_ptr<scalar_t>();
-    with_channels(C, [&](auto cc) { moment_grad_impl<decltype(cc)::value>(p, st, R, G, L, C, m, pp, l, lp, out); });
+    scalar_t* o = dx.data_ptr<scalar_t>();
+    with_channels(C, [&](auto cc) { moment_grad_impl<decltype(cc)::value>(p, x_seq, m, pp, l, lp, o, out_seq); });
   });
   return dx;
 }
@@ -1120,7 +1362,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &attention_forward, "MedT relative axial attention, fused forward (CPU)");
   m.def("inference", &attention_inference, "the same forward without softmax statistics, for inference (CPU)");
   m.def("inference_map", &attention_inference_map, "eval-mode layer from its projected map to its output map (CPU)");
+  m.def("forward_map", &attention_forward_map, "training forward from the projected map to the stacked terms (CPU)");
   m.def("backward", &attention_backward, "MedT relative axial attention, fused backward (CPU)");
+  m.def("backward_map", &attention_backward_map, "backward of forward_map: d(qkv), d(scales), table gradients (CPU)");
   m.def("moment_sums", &moment_sums, "float64 sums of x and x x^T per (sequence, head) and per (head, position)");
   m.def("moment_grad", &moment_grad, "gradient of the logit moments with respect to q or k");
 }
