@@ -41,6 +41,8 @@ see the same machine state: on a shared host, runs minutes apart differ by more 
   d(map) and the scales' gradients) against the sequence-layout path (projection copies, scaled query and key
   tensors, the kernel on sequences, the terms stacked into the map, and the reverse in the backward); timed on train
   steps.
+- ``fused-batch-norm``: training-mode batch norms (and the ReLUs right after them) as one call of the CPU kernel
+  against the modules (PyTorch's batch norm, then an in-place ReLU); timed on train steps.
 
 ``eval-fusion``, ``inference-kernel``, ``direct-projection`` and ``direct-output`` switch ``map-kernel`` off on both
 sides when they time eval forwards: the map-to-map kernel replaces the paths they compare. For the same reason
@@ -60,6 +62,7 @@ sides when they time train steps.
     python benchmarks/ab_changes.py --change moments-kernel --model MedT --threads 2 --rounds 6
     python benchmarks/ab_changes.py --change channels-last-upsample --model MedT --threads 2 --rounds 6 --train
     python benchmarks/ab_changes.py --change map-training --model MedT --threads 2 --rounds 6
+    python benchmarks/ab_changes.py --change fused-batch-norm --model MedT --threads 2 --rounds 6
 """
 
 from __future__ import annotations
@@ -75,7 +78,16 @@ import torch
 import torch.nn.functional as F
 
 from monai_medt.networks import nets
-from monai_medt.networks.blocks import axial_attention, axial_block, conv_norm, cpu_kernel, decoder, logit_moments, stem
+from monai_medt.networks.blocks import (
+    axial_attention,
+    axial_block,
+    batch_norm,
+    conv_norm,
+    cpu_kernel,
+    decoder,
+    logit_moments,
+    stem,
+)
 
 
 REPLACED_BY_MAP_KERNEL = ("eval-fusion", "inference-kernel", "direct-projection", "direct-output")
@@ -140,6 +152,12 @@ def switch(change: str) -> Callable[[bool], None]:
 
         def use(on: bool) -> None:
             axial_attention.fused_relative_attention = inference if on else training_forward
+
+    elif change == "fused-batch-norm":
+        fused = batch_norm._fused
+
+        def use(on: bool) -> None:
+            batch_norm._fused = fused if on else (lambda norm, x: False)
 
     elif change == "map-training":
         train_map_kernel = axial_attention._AxialAttentionBase._train_map_kernel
@@ -206,7 +224,7 @@ def main() -> None:
     changes = [
         "eval-fusion", "logit-moments", "channels-last-stem", "inference-kernel", "conv-norm-fold", "direct-projection",
         "direct-output", "map-kernel", "channels-last-eval", "avx512-build", "moments-kernel", "channels-last-upsample",
-        "map-training",
+        "map-training", "fused-batch-norm",
     ]
     parser.add_argument("--change", default="eval-fusion", choices=changes)
     parser.add_argument("--model", default="MedT", choices=["MedT", "LoGo", "GatedAxialUNet", "AxialUNet"])
@@ -214,12 +232,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=6, help="alternations; each times the best of 3 iterations")
-    parser.add_argument("--train", action="store_true", help="time train steps (moments and map-training always do)")
+    parser.add_argument("--train", action="store_true", help="time train steps (some changes always do)")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    train = args.change in ("logit-moments", "moments-kernel", "map-training") or args.train
+    train = args.change in ("logit-moments", "moments-kernel", "map-training", "fused-batch-norm") or args.train
     net = getattr(nets, args.model)(in_channels=3, out_channels=2, img_size=args.size).train(train)
     optimizer = torch.optim.Adam(net.parameters(), 1e-3)
     x = torch.rand(args.batch, 3, args.size, args.size)

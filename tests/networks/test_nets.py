@@ -199,10 +199,10 @@ def test_stem_runs_channels_last_in_cpu_inference_only(monkeypatch):
     stem = ConvStem(3, 16, 32).eval()
     seen = []
 
-    def record(conv, norm, x):  # the eval-mode convs run through conv_norm, not the conv modules
+    def record(conv, norm, x, relu=False):  # the eval-mode convs run through conv_norm, not the conv modules
         if conv is stem.conv2:
             seen.append(x.is_contiguous())
-        return conv_norm(conv, norm, x)
+        return conv_norm(conv, norm, x, relu)
 
     monkeypatch.setattr(stem_module, "conv_norm", record)
     x = torch.rand(2, 3, 32, 32)

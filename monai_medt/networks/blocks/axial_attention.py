@@ -21,6 +21,7 @@ from monai.utils import look_up_option
 
 from monai_medt.networks.blocks import attention_core
 from monai_medt.networks.blocks.attention_core import RelativeAttentionFunction, chunk_rows, relative_attention
+from monai_medt.networks.blocks.batch_norm import batch_norm
 from monai_medt.networks.blocks.conv_norm import conv_norm, norm_affine
 from monai_medt.networks.blocks.cpu_kernel import cpu_kernel, fused_map_attention, fused_relative_attention
 from monai_medt.networks.blocks.logit_moments import logit_moments, logit_moments_reference, map_logit_moments
@@ -475,7 +476,7 @@ class AxialAttention(_AxialAttentionBase):
             scales = scales * torch.stack([torch.ones_like(gates[0]), gates[0], gates[1]]).view(3, 1)
         scales = torch.cat([scales, value.expand(1, self.num_heads)])
         terms = fused_map_attention(qkv, scales, rq, wk, rv, self.num_heads, self.qk_dim, self.head_dim, height)
-        out = self.out_norm(terms).view(b, self.out_channels, 2, h, w)
+        out = batch_norm(self.out_norm, terms).view(b, self.out_channels, 2, h, w)
         if self.gate_after_norm:
             out = out * gates[2:].view(1, 1, 2, 1, 1)
         return out.sum(dim=2)
@@ -612,4 +613,4 @@ class AxialAttentionNoPos(_AxialAttentionBase):
         sequences, length = (b * w, h) if height else (b * h, w)
         scale = self._fold_logit_norm(means, squares, sequences * length * length, 1)
         terms = fused_map_attention(qkv, scale, None, None, None, self.num_heads, self.qk_dim, self.head_dim, height)
-        return self.out_norm(terms)
+        return batch_norm(self.out_norm, terms)

@@ -138,9 +138,9 @@ class AxialBlock(nn.Module):
 
     @torch.jit.unused
     def _folded_forward(self, x: torch.Tensor) -> torch.Tensor:
-        # eager: in eval mode the 1x1 convs' batch norms are folded into them (TorchScript cannot pass modules to a
-        # function)
-        out = F.relu(conv_norm(self.conv_in, self.norm_in, x), inplace=True)
+        # eager: in eval mode the 1x1 convs' batch norms are folded into them, in training the norms (and the first
+        # ReLU) run fused on the CPU (TorchScript cannot pass modules to a function)
+        out = conv_norm(self.conv_in, self.norm_in, x, relu=True)
         out = F.relu(self.attn_w(self.attn_h(out)), inplace=True)
         out = conv_norm(self.conv_out, self.norm_out, out)
         return F.relu(out + self.shortcut(x), inplace=True)

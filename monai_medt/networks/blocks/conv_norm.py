@@ -1,12 +1,14 @@
 # Copyright (c) monai-medt contributors
 # Licensed under the Apache License, Version 2.0 (the "License"); see the LICENSE file.
-"""A convolution followed by a batch norm, folded into one convolution in eval mode."""
+"""A convolution followed by a batch norm (and optionally a ReLU), folded into one convolution in eval mode."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from monai_medt.networks.blocks.batch_norm import batch_norm
 
 __all__ = ["conv_norm", "norm_affine"]
 
@@ -30,16 +32,18 @@ def norm_affine(norm: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     return scale, norm.bias - norm.running_mean * scale
 
 
-def conv_norm(conv: nn.Conv2d, norm: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+def conv_norm(conv: nn.Conv2d, norm: nn.BatchNorm2d, x: torch.Tensor, relu: bool = False) -> torch.Tensor:
     """
-    ``norm(conv(x))``. Where the norm uses its running statistics (eval mode) it is an affine map per channel, so it
-    is folded into the convolution's weight and bias: one pass over the output instead of two. The folded weights are
-    computed on every call (a few thousand values), so they always follow the current parameters.
+    ``norm(conv(x))``, followed by a ReLU where ``relu``. Where the norm uses its running statistics (eval mode) it is
+    an affine map per channel, so it is folded into the convolution's weight and bias: one pass over the output
+    instead of two. The folded weights are computed on every call (a few thousand values), so they always follow the
+    current parameters. In training the norm (and ReLU) run as :func:`~monai_medt.networks.blocks.batch_norm.batch_norm`.
 
     Args:
         conv: a 2D convolution (zero padding).
         norm: the batch norm of its output channels.
         x: the convolution's input.
+        relu: apply a ReLU (in place) to the output.
 
     Examples::
 
@@ -48,9 +52,11 @@ def conv_norm(conv: nn.Conv2d, norm: nn.BatchNorm2d, x: torch.Tensor) -> torch.T
         torch.Size([1, 8, 16, 16])
     """
     if norm.training or any(t is None for t in (norm.running_mean, norm.running_var, norm.weight, norm.bias)):
-        return norm(conv(x))
+        return batch_norm(norm, conv(x), relu)
     scale, shift = norm_affine(norm)
     if conv.bias is not None:
         shift = shift + conv.bias * scale
     folded = conv.weight * scale.reshape(-1, 1, 1, 1)
-    return F.conv2d(x, folded, shift, conv.stride, conv.padding, conv.dilation, conv.groups)
+    out = F.conv2d(x, folded, shift, conv.stride, conv.padding, conv.dilation, conv.groups)
+    # in place: a fresh output whose producer's backward does not read it
+    return F.relu(out, inplace=True) if relu else out

@@ -39,7 +39,10 @@ __all__ = [
 ]
 
 KERNEL_ENV = "MONAI_MEDT_CPU_KERNEL"
-_SOURCE = os.path.join(os.path.dirname(__file__), "csrc", "relative_attention_cpu.cpp")
+_CSRC = os.path.join(os.path.dirname(__file__), "csrc")
+# compiled into one library (the first holds the Python bindings); the header is part of the cache key too
+_SOURCES = [os.path.join(_CSRC, name) for name in ("relative_attention_cpu.cpp", "batch_norm_cpu.cpp")]
+_HEADERS = [os.path.join(_CSRC, "batch_norm_cpu.h")]
 _state: dict[str, ModuleType | None] = {}
 
 
@@ -72,8 +75,10 @@ def _build(capability: str | None = None, root: str | None = None) -> ModuleType
         # the inference blocks then take 16 rows per register; the compiler's own loop vectorisation stays at 256 bits,
         # which ran the training kernel's rows of 8-64 positions faster than 512 bits
         flags += ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mprefer-vector-width=256"]
-    with open(_SOURCE, "rb") as f:
-        key = hashlib.sha256(f.read())
+    key = hashlib.sha256()
+    for path in _SOURCES + _HEADERS:
+        with open(path, "rb") as f:
+            key.update(f.read())
     key.update(" ".join([*flags, torch.__version__, sys.version, sys.platform]).encode())
     root = root or os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.expanduser("~/.cache/torch_extensions")
     cache_dir = os.path.join(root, "monai_medt")
@@ -84,7 +89,7 @@ def _build(capability: str | None = None, root: str | None = None) -> ModuleType
     build_dir = tempfile.mkdtemp(prefix=f"{name}-build-", dir=cache_dir)
     try:
         module = load(
-            name=name, sources=[_SOURCE], extra_cflags=flags, extra_ldflags=["-fopenmp"], build_directory=build_dir,
+            name=name, sources=_SOURCES, extra_cflags=flags, extra_ldflags=["-fopenmp"], build_directory=build_dir,
             verbose=False,
         )
         os.replace(os.path.join(build_dir, f"{name}.so"), library)

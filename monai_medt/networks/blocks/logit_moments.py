@@ -242,7 +242,7 @@ class MapLogitMomentsFunction(torch.autograd.Function):
         qkv, *saved = ctx.saved_tensors
         num_heads, qk_dim, height = ctx.layout
         q_args, k_args, drq, dwk = _coefficients(saved, grad_means, grad_squares, ctx.count)
-        dqkv = torch.empty_like(qkv, memory_format=torch.contiguous_format)
+        dqkv = torch.empty_like(qkv)
         b, _, h, w = qkv.shape
         dqkv.view(b, num_heads, -1, h, w)[:, :, 2 * qk_dim :].zero_()
         kernel = cpu_kernel()

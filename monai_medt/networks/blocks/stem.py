@@ -70,7 +70,8 @@ class ConvStem(nn.Module):
 
     @torch.jit.unused
     def _folded_layers(self, x: torch.Tensor) -> torch.Tensor:
-        # eager: in eval mode each batch norm is folded into its conv (TorchScript cannot pass modules to a function)
-        x = F.relu(conv_norm(self.conv1, self.norm1, x), inplace=True)
-        x = F.relu(conv_norm(self.conv2, self.norm2, x), inplace=True)
-        return F.relu(conv_norm(self.conv3, self.norm3, x), inplace=True)
+        # eager: in eval mode each batch norm is folded into its conv, in training norm and ReLU are one fused call on
+        # the CPU (TorchScript cannot pass modules to a function)
+        x = conv_norm(self.conv1, self.norm1, x, relu=True)
+        x = conv_norm(self.conv2, self.norm2, x, relu=True)
+        return conv_norm(self.conv3, self.norm3, x, relu=True)

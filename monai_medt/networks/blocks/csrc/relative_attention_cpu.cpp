@@ -16,6 +16,8 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#include "batch_norm_cpu.h"
+
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -1065,7 +1067,7 @@ std::vector<torch::Tensor> attention_forward_map(torch::Tensor qkv, int64_t head
                                       positional);
   const int64_t B = qkv.size(0), H = qkv.size(2), W = qkv.size(3), T = positional ? 2 : 1, L = in.L, E = head_dim;
   const MapLayout m(qkv.data_ptr<float>(), qkv.strides().data(), B, heads, H, W, qk_dim, head_dim, height);
-  auto out = torch::empty({B, heads * head_dim * T, H, W}, qkv.options());
+  auto out = torch::empty({B, heads * head_dim * T, H, W}, qkv.options().memory_format(qkv.suggest_memory_format()));
   auto stats = torch::empty({m.sequences(), L, 2}, qkv.options());
   float* dst = out.data_ptr<float>();
   const int64_t* os = out.strides().data();
@@ -1122,7 +1124,7 @@ std::vector<torch::Tensor> attention_backward_map(torch::Tensor qkv, int64_t hea
   const BlockedInputs blocked(in);
   const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), m.sequences()));
   const int64_t per_chunk = (2 * qk_dim + head_dim) * in.L * blocked.Lp;
-  auto dqkv = torch::empty({B, qkv.size(1), H, W}, qkv.options());
+  auto dqkv = torch::empty({B, qkv.size(1), H, W}, qkv.options().memory_format(qkv.suggest_memory_format()));
   auto dscales = torch::zeros({chunks, rows, heads}, qkv.options().dtype(torch::kDouble));
   std::vector<float> tables(positional ? chunks * per_chunk : 0, 0.0f);
   map_backward(m, blocked, scales.data_ptr<float>(), stats.data_ptr<float>(), dout.data_ptr<float>(),
@@ -1367,4 +1369,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("backward_map", &attention_backward_map, "backward of forward_map: d(qkv), d(scales), table gradients (CPU)");
   m.def("moment_sums", &moment_sums, "float64 sums of x and x x^T per (sequence, head) and per (head, position)");
   m.def("moment_grad", &moment_grad, "gradient of the logit moments with respect to q or k");
+  m.def("batch_norm_forward", &batch_norm_forward, "training-mode batch norm (+ ReLU) of a contiguous float32 map");
+  m.def("batch_norm_backward", &batch_norm_backward, "backward of batch_norm_forward");
 }

@@ -1,0 +1,91 @@
+# Copyright (c) monai-medt contributors
+# Licensed under the Apache License, Version 2.0 (the "License"); see the LICENSE file.
+"""
+Training-mode batch norm, optionally followed by a ReLU, on the fused CPU kernel (``csrc/batch_norm_cpu.cpp``).
+
+PyTorch's CPU batch norm of contiguous (N, C, H, W) maps computes the batch statistics with a Welford pass per channel
+and is ~3x slower than its channels-last kernel; the ReLU after it costs another pass each way. Here the statistics
+are one pass of float64 sums, normalisation and ReLU one pass, and the backward two (the ReLU's mask read from the
+saved output). The module's running statistics are updated as :class:`torch.nn.BatchNorm2d` updates them. Everywhere
+else (other devices, dtypes or layouts, eval mode, autocast, TorchScript, tracing, compilation, no kernel) the module
+itself runs.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from monai_medt.networks.blocks.cpu_kernel import cpu_kernel
+
+__all__ = ["BatchNormFunction", "batch_norm"]
+
+
+class BatchNormFunction(torch.autograd.Function):
+    """
+    Autograd function of the kernel's batch norm (+ ReLU): returns the output and the batch mean and biased variance
+    (float64, not differentiable, for the running statistics).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps: float, relu: bool):  # type: ignore[override]
+        y, mean, invstd, var = cpu_kernel().batch_norm_forward(x, weight.contiguous(), bias.contiguous(), eps, relu)
+        # the ReLU's mask comes from the output, which the next layer keeps for its own backward anyway
+        ctx.save_for_backward(x, y if relu else None, mean, invstd, weight)
+        ctx.relu = relu
+        ctx.mark_non_differentiable(mean, var)
+        return y, mean, var
+
+    @staticmethod
+    def backward(ctx, dy, _mean, _var):  # type: ignore[override]
+        x, y, mean, invstd, weight = ctx.saved_tensors
+        y = x.new_empty(0) if y is None else y
+        dx, dweight, dbias = cpu_kernel().batch_norm_backward(
+            dy.contiguous(), x, y, mean, invstd, weight.contiguous(), ctx.relu
+        )
+        return dx, dweight, dbias, None, None
+
+
+def _fused(norm: nn.Module, x: torch.Tensor) -> bool:
+    """Whether the kernel runs ``norm`` on ``x``: see the module docstring."""
+    if type(norm) is not nn.BatchNorm2d or not norm.training or norm.weight is None or norm.bias is None:
+        return False
+    if x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 4 or not x.is_contiguous():
+        return False
+    if norm.weight.dtype != torch.float32 or x.numel() <= x.shape[1]:  # one value per channel: the module's error
+        return False
+    if torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.is_autocast_enabled("cpu"):
+        return False
+    return cpu_kernel() is not None
+
+
+def batch_norm(norm: nn.BatchNorm2d, x: torch.Tensor, relu: bool = False) -> torch.Tensor:
+    """
+    ``norm(x)``, followed by a ReLU where ``relu``; in training on the CPU, one fused kernel call.
+
+    Args:
+        norm: the batch norm.
+        x: its input (N, C, H, W).
+        relu: apply a ReLU to the output.
+
+    Examples::
+
+        >>> norm = nn.BatchNorm2d(4).train()
+        >>> batch_norm(norm, torch.randn(2, 4, 8, 8), relu=True).min() >= 0
+        tensor(True)
+    """
+    if not _fused(norm, x):
+        y = norm(x)
+        return F.relu(y, inplace=True) if relu else y
+    y, mean, var = BatchNormFunction.apply(x, norm.weight, norm.bias, norm.eps, relu)
+    if norm.track_running_stats and norm.running_mean is not None and norm.running_var is not None:
+        # as nn.BatchNorm2d: a momentum of None is the cumulative average; the running variance is unbiased
+        with torch.no_grad():
+            norm.num_batches_tracked.add_(1)
+            factor = 1.0 / float(norm.num_batches_tracked.item()) if norm.momentum is None else norm.momentum
+            count = x.numel() // x.shape[1]
+            norm.running_mean.mul_(1.0 - factor).add_(mean.to(norm.running_mean.dtype), alpha=factor)
+            unbiased = var * (count / (count - 1))
+            norm.running_var.mul_(1.0 - factor).add_(unbiased.to(norm.running_var.dtype), alpha=factor)
+    return y

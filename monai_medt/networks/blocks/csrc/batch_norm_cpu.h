@@ -1,0 +1,19 @@
+// Copyright (c) monai-medt contributors
+// Licensed under the Apache License, Version 2.0 (the "License"); see the LICENSE file.
+//
+// Training-mode batch norm (+ ReLU) of contiguous float32 maps on the CPU (batch_norm_cpu.cpp).
+#pragma once
+
+#include <torch/extension.h>
+
+#include <vector>
+
+// y = (x - mean) * invstd * weight + bias per channel (then max(y, 0) where relu), with the batch's mean and biased
+// variance; returns y, mean, invstd (float32) and the biased variance (float64, for the running statistics).
+std::vector<torch::Tensor> batch_norm_forward(torch::Tensor x, torch::Tensor weight, torch::Tensor bias, double eps,
+                                              bool relu);
+
+// dx, dweight, dbias of batch_norm_forward from dy (the gradient at y); y (its output) gives the ReLU's mask where
+// relu, unused otherwise.
+std::vector<torch::Tensor> batch_norm_backward(torch::Tensor dy, torch::Tensor x, torch::Tensor y, torch::Tensor mean,
+                                               torch::Tensor invstd, torch::Tensor weight, bool relu);

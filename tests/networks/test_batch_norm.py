@@ -1,0 +1,85 @@
+# Copyright (c) monai-medt contributors
+# Licensed under the Apache License, Version 2.0 (the "License"); see the LICENSE file.
+"""The fused training-mode batch norm (+ ReLU) of the CPU kernel against torch.nn.BatchNorm2d."""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import pytest
+import torch
+import torch.nn as nn
+
+from monai_medt.networks.blocks import batch_norm as batch_norm_module
+from monai_medt.networks.blocks.batch_norm import batch_norm
+from monai_medt.networks.blocks.cpu_kernel import KERNEL_ENV, cpu_kernel
+
+
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    """The number of fused calls, counted while the test runs (skips where the kernel is off)."""
+    if os.environ.get(KERNEL_ENV) == "0" or cpu_kernel() is None:
+        pytest.skip("the fused CPU kernel is disabled or did not build")
+    calls = []
+    original = batch_norm_module.BatchNormFunction.apply
+
+    def counting_apply(*args):
+        calls.append(1)
+        return original(*args)
+
+    monkeypatch.setattr(batch_norm_module.BatchNormFunction, "apply", counting_apply)
+    return calls
+
+
+def _norm(channels: int, momentum: float | None) -> nn.BatchNorm2d:
+    norm = nn.BatchNorm2d(channels, momentum=momentum).train()
+    with torch.no_grad():
+        norm.weight.uniform_(-1.0, 2.0)
+        norm.bias.uniform_(-1.0, 1.0)
+    return norm
+
+
+# odd plane sizes exercise the kernel's vector tails; (64, 8, 4, 4) has many short planes
+@pytest.mark.parametrize("shape", [(4, 8, 16, 16), (64, 8, 4, 4), (3, 5, 7, 9), (2, 3, 1, 17)])
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_matches_module(kernel_calls, shape, relu, momentum):
+    """Outputs, gradients and running statistics over three steps equal the module's (and its ReLU's)."""
+    torch.manual_seed(0)
+    fused_norm = _norm(shape[1], momentum)
+    module_norm = copy.deepcopy(fused_norm)
+    for step in range(3):
+        # an offset mean: the variance must not come from cancelling sums
+        x = torch.randn(shape) * (step + 1) + 3.0
+        grad = torch.randn(shape)
+        x_fused, x_module = x.clone().requires_grad_(), x.clone().requires_grad_()
+        y_fused = batch_norm(fused_norm, x_fused, relu)
+        y_module = module_norm(x_module)
+        y_module = torch.relu(y_module) if relu else y_module
+        y_fused.backward(grad)
+        y_module.backward(grad)
+        torch.testing.assert_close(y_fused, y_module, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(x_fused.grad, x_module.grad, rtol=1e-4, atol=1e-5)
+        for got, want in zip(fused_norm.parameters(), module_norm.parameters()):
+            torch.testing.assert_close(got.grad, want.grad, rtol=1e-4, atol=1e-4)
+        for got, want in zip(fused_norm.buffers(), module_norm.buffers()):
+            torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    assert len(kernel_calls) == 3
+    if relu:
+        assert (y_fused == 0).any() and (y_fused > 0).any()
+
+
+def test_other_cases_run_the_module(kernel_calls):
+    """Eval mode, channels-last and float64 maps run the module; a single value per channel raises its error."""
+    norm = _norm(4, 0.1)
+    x = torch.randn(2, 4, 5, 5)
+    for case_norm, case_x in (
+        (copy.deepcopy(norm).eval(), x),
+        (norm, x.contiguous(memory_format=torch.channels_last)),
+        (copy.deepcopy(norm).double(), x.double()),
+    ):
+        torch.testing.assert_close(batch_norm(case_norm, case_x, relu=True), torch.relu(case_norm(case_x)))
+    assert kernel_calls == []
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+        batch_norm(norm, torch.randn(1, 4, 1, 1))
