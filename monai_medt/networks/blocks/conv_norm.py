@@ -37,7 +37,8 @@ def conv_norm(conv: nn.Conv2d, norm: nn.BatchNorm2d, x: torch.Tensor, relu: bool
     ``norm(conv(x))``, followed by a ReLU where ``relu``. Where the norm uses its running statistics (eval mode) it is
     an affine map per channel, so it is folded into the convolution's weight and bias: one pass over the output
     instead of two. The folded weights are computed on every call (a few thousand values), so they always follow the
-    current parameters. In training the norm (and ReLU) run as :func:`~monai_medt.networks.blocks.batch_norm.batch_norm`.
+    current parameters. In training the norm (and ReLU) run as
+    :func:`~monai_medt.networks.blocks.batch_norm.batch_norm`.
 
     Args:
         conv: a 2D convolution (zero padding).
