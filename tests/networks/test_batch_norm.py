@@ -83,3 +83,34 @@ def test_other_cases_run_the_module(kernel_calls):
     assert kernel_calls == []
     with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
         batch_norm(norm, torch.randn(1, 4, 1, 1))
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("scaled", [False, True])
+def test_term_sums_match_module(kernel_calls, relu, scaled):
+    """terms=2 (the attention's output norm): the normalised channel pairs summed, each scaled by its term factor."""
+    torch.manual_seed(1)
+    shape = (3, 8, 6, 10)
+    fused_norm = _norm(8, 0.1)
+    module_norm = copy.deepcopy(fused_norm)
+    x = torch.randn(shape) + 1.0
+    grad = torch.randn(3, 4, 6, 10)
+    scales = [torch.tensor([0.7, -1.3], requires_grad=True) for _ in range(2)] if scaled else [None, None]
+    x_fused, x_module = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y_fused = batch_norm(fused_norm, x_fused, relu, terms=2, term_scales=scales[0])
+    y_module = module_norm(x_module).view(3, 4, 2, 6, 10)
+    if scaled:
+        y_module = y_module * scales[1].view(1, 1, 2, 1, 1)
+    y_module = y_module.sum(2)
+    y_module = torch.relu(y_module) if relu else y_module
+    y_fused.backward(grad)
+    y_module.backward(grad)
+    assert y_fused.shape == (3, 4, 6, 10) and len(kernel_calls) == 1
+    torch.testing.assert_close(y_fused, y_module, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x_fused.grad, x_module.grad, rtol=1e-4, atol=1e-5)
+    for got, want in zip(fused_norm.parameters(), module_norm.parameters()):
+        torch.testing.assert_close(got.grad, want.grad, rtol=1e-4, atol=1e-4)
+    if scaled:
+        torch.testing.assert_close(scales[0].grad, scales[1].grad, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="multiple of terms"):
+        batch_norm(fused_norm, x, terms=3)

@@ -476,10 +476,8 @@ class AxialAttention(_AxialAttentionBase):
             scales = scales * torch.stack([torch.ones_like(gates[0]), gates[0], gates[1]]).view(3, 1)
         scales = torch.cat([scales, value.expand(1, self.num_heads)])
         terms = fused_map_attention(qkv, scales, rq, wk, rv, self.num_heads, self.qk_dim, self.head_dim, height)
-        out = batch_norm(self.out_norm, terms).view(b, self.out_channels, 2, h, w)
-        if self.gate_after_norm:
-            out = out * gates[2:].view(1, 1, 2, 1, 1)
-        return out.sum(dim=2)
+        # the output norm and the sum of its two terms in one pass (the gates after the norm scale the terms)
+        return batch_norm(self.out_norm, terms, terms=2, term_scales=gates[2:] if self.gate_after_norm else None)
 
     @torch.jit.unused
     def _forward_map(self, kernel: ModuleType, x: torch.Tensor) -> torch.Tensor:

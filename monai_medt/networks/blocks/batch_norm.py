@@ -6,9 +6,9 @@ Training-mode batch norm, optionally followed by a ReLU, on the fused CPU kernel
 PyTorch's CPU batch norm of contiguous (N, C, H, W) maps computes the batch statistics with a Welford pass per channel
 and is ~3x slower than its channels-last kernel; the ReLU after it costs another pass each way. Here the statistics
 are one pass of float64 sums, normalisation and ReLU one pass, and the backward two (the ReLU's mask read from the
-saved output). The module's running statistics are updated as :class:`torch.nn.BatchNorm2d` updates them. Everywhere
-else (other devices, dtypes or layouts, eval mode, autocast, TorchScript, tracing, compilation, no kernel) the module
-itself runs.
+saved output). The axial attention's output norm also sums its two normalised terms per channel in the same pass.
+The module's running statistics are updated as :class:`torch.nn.BatchNorm2d` updates them. Everywhere else (other
+devices, dtypes or layouts, eval mode, autocast, tracing, compilation, no kernel) the module itself runs.
 """
 
 from __future__ import annotations
@@ -24,16 +24,18 @@ __all__ = ["BatchNormFunction", "batch_norm"]
 
 class BatchNormFunction(torch.autograd.Function):
     """
-    Autograd function of the kernel's batch norm (+ ReLU): returns the output and the batch mean and biased variance
-    (float64, not differentiable, for the running statistics).
+    Autograd function of the kernel's batch norm (+ term sum, + ReLU): returns the output and the batch mean and biased
+    variance (float64, not differentiable, for the running statistics).
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, eps: float, relu: bool):  # type: ignore[override]
-        y, mean, invstd, var = cpu_kernel().batch_norm_forward(x, weight.contiguous(), bias.contiguous(), eps, relu)
+    def forward(ctx, x, weight, bias, eps: float, relu: bool, terms: int):  # type: ignore[override]
+        y, mean, invstd, var = cpu_kernel().batch_norm_forward(
+            x, weight.contiguous(), bias.contiguous(), eps, relu, terms
+        )
         # the ReLU's mask comes from the output, which the next layer keeps for its own backward anyway
         ctx.save_for_backward(x, y if relu else None, mean, invstd, weight)
-        ctx.relu = relu
+        ctx.relu, ctx.terms = relu, terms
         ctx.mark_non_differentiable(mean, var)
         return y, mean, var
 
@@ -42,9 +44,9 @@ class BatchNormFunction(torch.autograd.Function):
         x, y, mean, invstd, weight = ctx.saved_tensors
         y = x.new_empty(0) if y is None else y
         dx, dweight, dbias = cpu_kernel().batch_norm_backward(
-            dy.contiguous(), x, y, mean, invstd, weight.contiguous(), ctx.relu
+            dy.contiguous(), x, y, mean, invstd, weight.contiguous(), ctx.relu, ctx.terms
         )
-        return dx, dweight, dbias, None, None
+        return dx, dweight, dbias, None, None, None
 
 
 def _fused(norm: nn.Module, x: torch.Tensor) -> bool:
@@ -60,31 +62,54 @@ def _fused(norm: nn.Module, x: torch.Tensor) -> bool:
     return cpu_kernel() is not None
 
 
-def batch_norm(norm: nn.BatchNorm2d, x: torch.Tensor, relu: bool = False) -> torch.Tensor:
+def batch_norm(
+    norm: nn.BatchNorm2d,
+    x: torch.Tensor,
+    relu: bool = False,
+    terms: int = 1,
+    term_scales: torch.Tensor | None = None,
+) -> torch.Tensor:
     """
-    ``norm(x)``, followed by a ReLU where ``relu``; in training on the CPU, one fused kernel call.
+    ``norm(x)``, with each group of ``terms`` consecutive output channels summed (each term times its entry of
+    ``term_scales`` where given), followed by a ReLU where ``relu``; in training on the CPU, one fused kernel call.
 
     Args:
         norm: the batch norm.
-        x: its input (N, C, H, W).
+        x: its input (N, C, H, W); C a multiple of ``terms``.
         relu: apply a ReLU to the output.
+        terms: channels summed per output channel: the output is (N, C / terms, H, W).
+        term_scales: (terms,) factors of the normalised terms before the sum, or None.
 
     Examples::
 
         >>> norm = nn.BatchNorm2d(4).train()
         >>> batch_norm(norm, torch.randn(2, 4, 8, 8), relu=True).min() >= 0
         tensor(True)
+        >>> batch_norm(norm, torch.randn(2, 4, 8, 8), terms=2).shape
+        torch.Size([2, 2, 8, 8])
     """
+    n, channels, h, w = x.shape
+    if channels % terms != 0:
+        raise ValueError(f"the channels ({channels}) must be a multiple of terms ({terms}).")
     if not _fused(norm, x):
         y = norm(x)
+        if terms > 1 or term_scales is not None:
+            y = y.view(n, channels // terms, terms, h, w)
+            if term_scales is not None:
+                y = y * term_scales.view(1, 1, terms, 1, 1)
+            y = y.sum(dim=2)
         return F.relu(y, inplace=True) if relu else y
-    y, mean, var = BatchNormFunction.apply(x, norm.weight, norm.bias, norm.eps, relu)
+    weight, bias = norm.weight, norm.bias
+    if term_scales is not None:  # scaling a normalised term is scaling its affine parameters
+        factors = term_scales.to(weight.dtype).repeat(channels // terms)
+        weight, bias = weight * factors, bias * factors
+    y, mean, var = BatchNormFunction.apply(x, weight, bias, norm.eps, relu, terms)
     if norm.track_running_stats and norm.running_mean is not None and norm.running_var is not None:
         # as nn.BatchNorm2d: a momentum of None is the cumulative average; the running variance is unbiased
         with torch.no_grad():
             norm.num_batches_tracked.add_(1)
             factor = 1.0 / float(norm.num_batches_tracked.item()) if norm.momentum is None else norm.momentum
-            count = x.numel() // x.shape[1]
+            count = x.numel() // channels
             norm.running_mean.mul_(1.0 - factor).add_(mean.to(norm.running_mean.dtype), alpha=factor)
             unbiased = var * (count / (count - 1))
             norm.running_var.mul_(1.0 - factor).add_(unbiased.to(norm.running_var.dtype), alpha=factor)

@@ -1,7 +1,8 @@
 // Copyright (c) monai-medt contributors
 // Licensed under the Apache License, Version 2.0 (the "License"); see the LICENSE file.
 //
-// Training-mode batch norm of contiguous (N, C, H, W) float32 maps, with an optional ReLU fused in (batch_norm.py).
+// Training-mode batch norm of contiguous (N, C, H, W) float32 maps, with an optional ReLU fused in and optionally the
+// sum of each group of T consecutive normalised channels (the axial attention's output terms) (batch_norm.py).
 // PyTorch's CPU kernel for this layout runs a Welford pass per channel and a separate transform, and the ReLU after
 // it another pass each way. Here every pass streams through the map in memory order (plane by plane; a channel's
 // planes lie C H W floats apart, so walking a channel at a time meets short strided runs): the statistics are one pass
@@ -33,9 +34,9 @@ inline double lane_sum(d8 v) {
   return s;
 }
 
-// Adds to sums[c * K + k], k < K, per channel c, the float64 sums over the planes' positions of term(k, plane offset,
-// position) (K = 2 terms, evaluated on 8 positions at once as d8, or on one as double), over all N C planes. The
-// planes are split over the threads in memory order, each with its own partial sums.
+// Sets sums[c * 2 + k], k < 2, per channel c, to the float64 sums over the planes' positions of term(k, plane,
+// position) (evaluated on 8 positions at once as d8, or on one as double), over all N C planes (plane = n C + c).
+// The planes are split over the threads in memory order, each with its own partial sums.
 template <typename Term8, typename Term1>
 void channel_sums(int64_t N, int64_t C, int64_t HW, double* sums, Term8 term8, Term1 term1) {
   const int64_t planes = N * C;
@@ -45,23 +46,22 @@ void channel_sums(int64_t N, int64_t C, int64_t HW, double* sums, Term8 term8, T
     for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
       double* part = partial.data() + chunk * C * 2;
       for (int64_t plane = planes * chunk / chunks; plane < planes * (chunk + 1) / chunks; ++plane) {
-        const int64_t off = plane * HW;
         d8 a0 = d8{}, a1 = d8{}, b0 = d8{}, b1 = d8{};  // two accumulators per term: the adds' latency
         int64_t i = 0;
         for (; i + 16 <= HW; i += 16) {
-          a0 += term8(0, off, i);
-          b0 += term8(1, off, i);
-          a1 += term8(0, off, i + 8);
-          b1 += term8(1, off, i + 8);
+          a0 += term8(0, plane, i);
+          b0 += term8(1, plane, i);
+          a1 += term8(0, plane, i + 8);
+          b1 += term8(1, plane, i + 8);
         }
         for (; i + 8 <= HW; i += 8) {
-          a0 += term8(0, off, i);
-          b0 += term8(1, off, i);
+          a0 += term8(0, plane, i);
+          b0 += term8(1, plane, i);
         }
         double s0 = lane_sum(a0 + a1), s1 = lane_sum(b0 + b1);
         for (; i < HW; ++i) {
-          s0 += term1(0, off, i);
-          s1 += term1(1, off, i);
+          s0 += term1(0, plane, i);
+          s1 += term1(1, plane, i);
         }
         part[plane % C * 2] += s0;
         part[plane % C * 2 + 1] += s1;
@@ -89,13 +89,14 @@ void check_channels(const torch::Tensor& t, int64_t C, const char* name) {
 }  // namespace
 
 std::vector<torch::Tensor> batch_norm_forward(torch::Tensor x, torch::Tensor weight, torch::Tensor bias, double eps,
-                                              bool relu) {
+                                              bool relu, int64_t terms) {
   check_map(x, "x");
-  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
+  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3), T = terms;
   TORCH_CHECK(N * HW > 0, "batch norm needs at least one value per channel");
+  TORCH_CHECK(T >= 1 && C % T == 0, "the channels (", C, ") must be a multiple of terms (", T, ")");
   check_channels(weight, C, "weight");
   check_channels(bias, C, "bias");
-  auto y = torch::empty_like(x);
+  auto y = torch::empty({N, C / T, x.size(2), x.size(3)}, x.options());
   auto mean = torch::empty({C}, x.options()), invstd = torch::empty({C}, x.options());
   auto var = torch::empty({C}, x.options().dtype(torch::kDouble));
   const float* xp = x.data_ptr<float>();
@@ -103,12 +104,12 @@ std::vector<torch::Tensor> batch_norm_forward(torch::Tensor x, torch::Tensor wei
   std::vector<double> sums(C * 2);
   channel_sums(
       N, C, HW, sums.data(),
-      [&](int k, int64_t off, int64_t i) {
-        const d8 v = load_d8(xp + off + i);
+      [&](int k, int64_t plane, int64_t i) {
+        const d8 v = load_d8(xp + plane * HW + i);
         return k == 0 ? v : v * v;
       },
-      [&](int k, int64_t off, int64_t i) {
-        const double v = xp[off + i];
+      [&](int k, int64_t plane, int64_t i) {
+        const double v = xp[plane * HW + i];
         return k == 0 ? v : v * v;
       });
   const double count = static_cast<double>(N * HW);
@@ -124,18 +125,25 @@ std::vector<torch::Tensor> batch_norm_forward(torch::Tensor x, torch::Tensor wei
   std::copy(mf.begin(), mf.end(), mean.data_ptr<float>());
   const float* b = bias.data_ptr<float>();
   float* yp = y.data_ptr<float>();
-  at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t plane = begin; plane < end; ++plane) {
-      const int64_t c = plane % C;
-      const float m = mf[c], a = scale[c], shift = b[c];
-      const float* p = xp + plane * HW;
-      float* q = yp + plane * HW;
+  // per output plane: the sum of its T normalised input planes, then the ReLU
+  at::parallel_for(0, N * C / T, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t out_plane = begin; out_plane < end; ++out_plane) {
+      float* q = yp + out_plane * HW;
+      for (int64_t t = 0; t < T; ++t) {
+        const int64_t plane = out_plane * T + t, c = plane % C;
+        const float m = mf[c], a = scale[c], shift = b[c];
+        const float* p = xp + plane * HW;
+        if (t == 0) {
+#pragma omp simd
+          for (int64_t i = 0; i < HW; ++i) q[i] = (p[i] - m) * a + shift;
+        } else {
+#pragma omp simd
+          for (int64_t i = 0; i < HW; ++i) q[i] += (p[i] - m) * a + shift;
+        }
+      }
       if (relu) {
 #pragma omp simd
-        for (int64_t i = 0; i < HW; ++i) q[i] = std::max((p[i] - m) * a + shift, 0.0f);
-      } else {
-#pragma omp simd
-        for (int64_t i = 0; i < HW; ++i) q[i] = (p[i] - m) * a + shift;
+        for (int64_t i = 0; i < HW; ++i) q[i] = std::max(q[i], 0.0f);
       }
     }
   });
@@ -143,14 +151,16 @@ std::vector<torch::Tensor> batch_norm_forward(torch::Tensor x, torch::Tensor wei
 }
 
 std::vector<torch::Tensor> batch_norm_backward(torch::Tensor dy, torch::Tensor x, torch::Tensor y, torch::Tensor mean,
-                                               torch::Tensor invstd, torch::Tensor weight, bool relu) {
+                                               torch::Tensor invstd, torch::Tensor weight, bool relu, int64_t terms) {
   check_map(dy, "dy");
   check_map(x, "x");
-  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
-  TORCH_CHECK(dy.sizes() == x.sizes(), "dy must have x's shape");
+  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3), T = terms;
+  TORCH_CHECK(T >= 1 && C % T == 0, "the channels (", C, ") must be a multiple of terms (", T, ")");
+  const std::vector<int64_t> out_shape = {N, C / T, x.size(2), x.size(3)};
+  TORCH_CHECK(dy.sizes() == out_shape, "dy must have the output's shape");
   if (relu) {
     check_map(y, "y");
-    TORCH_CHECK(y.sizes() == x.sizes(), "y must have x's shape");
+    TORCH_CHECK(y.sizes() == out_shape, "y must have the output's shape");
   }
   check_channels(mean, C, "mean");
   check_channels(invstd, C, "invstd");
@@ -160,7 +170,7 @@ std::vector<torch::Tensor> batch_norm_backward(torch::Tensor dy, torch::Tensor x
   const float* yp = relu ? y.data_ptr<float>() : nullptr;
   const float* mp = mean.data_ptr<float>();
   const float* ip = invstd.data_ptr<float>();
-  // the gradient at the norm's output: zero where the ReLU cut
+  // the gradient at the norm's output (plane p's share of its output plane p / T): zero where the ReLU cut
   auto grad8 = [&](int64_t at) {
     f8 g;
     std::memcpy(&g, gp + at, sizeof(g));
@@ -174,18 +184,18 @@ std::vector<torch::Tensor> batch_norm_backward(torch::Tensor dy, torch::Tensor x
   std::vector<double> sums(C * 2);
   channel_sums(
       N, C, HW, sums.data(),
-      [&](int k, int64_t off, int64_t i) {
-        const d8 g = __builtin_convertvector(grad8(off + i), d8);
+      [&](int k, int64_t plane, int64_t i) {
+        const d8 g = __builtin_convertvector(grad8(plane / T * HW + i), d8);
         if (k == 0) return g;
-        const int64_t c = off / HW % C;
+        const int64_t c = plane % C;
         f8 p;
-        std::memcpy(&p, xp + off + i, sizeof(p));
+        std::memcpy(&p, xp + plane * HW + i, sizeof(p));
         return g * __builtin_convertvector((p - mp[c]) * ip[c], d8);
       },
-      [&](int k, int64_t off, int64_t i) {
-        const double g = grad1(off + i);
-        const int64_t c = off / HW % C;
-        return k == 0 ? g : g * ((xp[off + i] - mp[c]) * ip[c]);
+      [&](int k, int64_t plane, int64_t i) {
+        const double g = grad1(plane / T * HW + i);
+        const int64_t c = plane % C;
+        return k == 0 ? g : g * ((xp[plane * HW + i] - mp[c]) * ip[c]);
       });
   auto dx = torch::empty_like(x);
   auto dweight = torch::empty({C}, x.options()), dbias = torch::empty({C}, x.options());
@@ -201,13 +211,13 @@ std::vector<torch::Tensor> batch_norm_backward(torch::Tensor dy, torch::Tensor x
   float* dp = dx.data_ptr<float>();
   at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
     for (int64_t plane = begin; plane < end; ++plane) {
-      const int64_t c = plane % C, off = plane * HW;
+      const int64_t c = plane % C, off = plane * HW, out_off = plane / T * HW;
       const float m = mp[c], is = ip[c], a = w[c] * is, g0 = mg[c], gx = mgx[c];
-      const float* g = gp + off;
+      const float* g = gp + out_off;
       const float* p = xp + off;
       float* d = dp + off;
       if (relu) {
-        const float* q = yp + off;
+        const float* q = yp + out_off;
 #pragma omp simd
         for (int64_t i = 0; i < HW; ++i) d[i] = a * ((q[i] > 0.0f ? g[i] : 0.0f) - g0 - (p[i] - m) * is * gx);
       } else {
