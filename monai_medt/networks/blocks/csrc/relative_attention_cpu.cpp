@@ -1227,46 +1227,51 @@ struct Sequences {
   int64_t offset(int64_t r, int64_t g) const { return r / O * st[0] + r % O * st[1] + g * st[2]; }
 };
 
-template <int CC, typename scalar_t>
-void moment_sums_impl(const scalar_t* p, const Sequences& x_seq, bool per_position, double* xsum, double* gram,
-                      double* xpos, double* mom) {
+// PP: per_position known at compile time. Each (sequence, head)'s sums accumulate in locals (registers where the
+// channel count is compile-time), not in the outputs, which the compiler must assume alias the per-position sums.
+template <int CC, bool PP, typename scalar_t>
+void moment_sums_impl(const scalar_t* p, const Sequences& x_seq, double* xsum, double* gram, double* xpos,
+                      double* mom) {
   const int64_t R = x_seq.R, G = x_seq.G, L = x_seq.L, c = x_seq.C;
   const int64_t si = x_seq.st[3], sc = x_seq.st[4];  // strides of the positions and channels
   const int64_t C = CC > 0 ? CC : c;
   const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), R));
-  const int64_t per_chunk = per_position ? G * L * C * (C + 1) : 0;
+  const int64_t per_chunk = PP ? G * L * C * (C + 1) : 0;
   std::vector<double> partial(chunks * per_chunk, 0.0);
   at::parallel_for(0, chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
-    std::vector<double> heap(CC > 0 ? 0 : C);
-    double local[CC > 0 ? CC : 1];
-    double* x = CC > 0 ? local : heap.data();
+    std::vector<double> heap(CC > 0 ? 0 : C * (C + 2));
+    double local[CC > 0 ? CC * (CC + 2) : 1];
+    double* __restrict__ x = CC > 0 ? local : heap.data();
+    double* __restrict__ s = x + C;  // the (sequence, head)'s sum of x, then of x x^T
+    double* __restrict__ m = s + C;
     for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
       double* ppos = partial.data() + chunk * per_chunk;  // (G, L, c) sums, then (G, L, c, c) outer products
       double* pmom = ppos + G * L * C;
       for (int64_t r = R * chunk / chunks; r < R * (chunk + 1) / chunks; ++r)
         for (int64_t g = 0; g < G; ++g) {
-          double* s = xsum + (r * G + g) * C;
-          double* m = gram + (r * G + g) * C * C;
-          std::fill(s, s + C, 0.0);
-          std::fill(m, m + C * C, 0.0);
+          for (int64_t a = 0; a < C * (C + 1); ++a) s[a] = 0.0;
           const scalar_t* base = p + x_seq.offset(r, g);
           for (int64_t i = 0; i < L; ++i) {
             for (int64_t a = 0; a < C; ++a) x[a] = static_cast<double>(base[i * si + a * sc]);
-            double* ps = per_position ? ppos + (g * L + i) * C : nullptr;
-            double* pm = per_position ? pmom + (g * L + i) * C * C : nullptr;
             for (int64_t a = 0; a < C; ++a) {
               s[a] += x[a];
-              if (per_position) ps[a] += x[a];
-              for (int64_t b = 0; b < C; ++b) {
-                m[a * C + b] += x[a] * x[b];
-                if (per_position) pm[a * C + b] += x[a] * x[b];
+              for (int64_t b = 0; b < C; ++b) m[a * C + b] += x[a] * x[b];
+            }
+            if (PP) {
+              double* __restrict__ ps = ppos + (g * L + i) * C;
+              double* __restrict__ pm = pmom + (g * L + i) * C * C;
+              for (int64_t a = 0; a < C; ++a) {
+                ps[a] += x[a];
+                for (int64_t b = 0; b < C; ++b) pm[a * C + b] += x[a] * x[b];
               }
             }
           }
+          std::copy(s, s + C, xsum + (r * G + g) * C);
+          std::copy(m, m + C * C, gram + (r * G + g) * C * C);
         }
     }
   });
-  if (!per_position) return;
+  if (!PP) return;
   for (int64_t t = 0; t < per_chunk; ++t) {
     double sum = 0.0;
     for (int64_t chunk = 0; chunk < chunks; ++chunk) sum += partial[chunk * per_chunk + t];
@@ -1285,8 +1290,13 @@ std::vector<torch::Tensor> moment_sums(torch::Tensor x, bool per_position) {
     double* xp = per_position ? xpos.data_ptr<double>() : nullptr;
     double* mo = per_position ? mom.data_ptr<double>() : nullptr;
     with_channels(C, [&](auto cc) {
-      moment_sums_impl<decltype(cc)::value>(x.data_ptr<scalar_t>(), x_seq, per_position, xsum.data_ptr<double>(),
-                                            gram.data_ptr<double>(), xp, mo);
+      constexpr int CC = decltype(cc)::value;
+      if (per_position)
+        moment_sums_impl<CC, true>(x.data_ptr<scalar_t>(), x_seq, xsum.data_ptr<double>(), gram.data_ptr<double>(),
+                                   xp, mo);
+      else
+        moment_sums_impl<CC, false>(x.data_ptr<scalar_t>(), x_seq, xsum.data_ptr<double>(), gram.data_ptr<double>(),
+                                    xp, mo);
     });
   });
   return {xsum, gram, xpos, mom};
@@ -1298,15 +1308,17 @@ void moment_grad_impl(const scalar_t* p, const Sequences& x_seq, const double* m
   const int64_t R = x_seq.R, G = x_seq.G, L = x_seq.L, C = CC > 0 ? CC : x_seq.C;
   const int64_t si = x_seq.st[3], sc = x_seq.st[4], osi = out_seq.st[3], osc = out_seq.st[4];
   at::parallel_for(0, R * G, 16, [&](int64_t begin, int64_t end) {
-    std::vector<double> heap(CC > 0 ? 0 : 2 * C);
-    double local[CC > 0 ? 2 * CC : 1];
-    double* x = CC > 0 ? local : heap.data();
-    double* y = x + C;
+    // x, y and the (sequence, head)'s matrix in locals (restrict: the double inputs may not alias them)
+    std::vector<double> heap(CC > 0 ? 0 : C * (C + 2));
+    double local[CC > 0 ? CC * (CC + 2) : 1];
+    double* __restrict__ x = CC > 0 ? local : heap.data();
+    double* __restrict__ y = x + C;
+    double* __restrict__ m = y + C;
     for (int64_t rg = begin; rg < end; ++rg) {
       const int64_t g = rg % G;
       const scalar_t* base = p + x_seq.offset(rg / G, g);
       scalar_t* dst = out + out_seq.offset(rg / G, g);
-      const double* m = mat + rg * C * C;
+      std::copy(mat + rg * C * C, mat + (rg + 1) * C * C, m);
       for (int64_t i = 0; i < L; ++i) {
         for (int64_t a = 0; a < C; ++a) x[a] = static_cast<double>(base[i * si + a * sc]);
         for (int64_t a = 0; a < C; ++a) {
