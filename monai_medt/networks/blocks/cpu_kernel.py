@@ -236,8 +236,8 @@ def fused_map_attention(
         height: attention along the height (sequences are columns), else along the width.
 
     Returns:
-        (B, G * e * T, H, W) contiguous, channel ``(g * e + d) * T + t`` holding term ``t`` (T = 2: value content and
-        value position; T = 1 without positions) of channel ``d`` of head ``g``.
+        (B, G * e * T, H, W) in ``qkv``'s memory format, channel ``(g * e + d) * T + t`` holding term ``t`` (T = 2:
+        value content and value position; T = 1 without positions) of channel ``d`` of head ``g``.
     """
     if (rq is None) != (wk is None) or (rq is None) != (rv is None):
         raise ValueError("rq, wk and rv must be given together (position terms) or all be None (content only).")

@@ -1057,9 +1057,9 @@ torch::Tensor attention_inference_map(torch::Tensor qkv, int64_t heads, int64_t 
 }
 
 // Training forward from the projected map (see map_forward): scales (4, heads) with positions (the three logit
-// scales, then the value scale), else (1, heads). Returns the terms' weighted sums stacked into one contiguous map
-// (B, heads head_dim T, H, W), channel (g head_dim + e) T + t for the T terms (sv, then sve), and the softmax
-// statistics (B heads O, L, 2) for attention_backward_map.
+// scales, then the value scale), else (1, heads). Returns the terms' weighted sums stacked into one map (B, heads
+// head_dim T, H, W) in the projection's memory format, channel (g head_dim + e) T + t for the T terms (sv, then sve),
+// and the softmax statistics (B heads O, L, 2) for attention_backward_map.
 std::vector<torch::Tensor> attention_forward_map(torch::Tensor qkv, int64_t heads, int64_t qk_dim, int64_t head_dim,
                                                  bool height, torch::Tensor scales, torch::Tensor rq,
                                                  torch::Tensor wk, torch::Tensor rv, bool positional) {
@@ -1105,8 +1105,8 @@ std::vector<torch::Tensor> table_gradients(const BlockedInputs& blocked, const f
   return {drq, dwk, drv};
 }
 
-// Backward of attention_forward_map (see map_backward): d(qkv) (contiguous), d(scales) and, with positions, the
-// tables' gradients drq, dwk, drv
+// Backward of attention_forward_map (see map_backward): d(qkv) (in the projection's memory format), d(scales) and,
+// with positions, the tables' gradients drq, dwk, drv
 std::vector<torch::Tensor> attention_backward_map(torch::Tensor qkv, int64_t heads, int64_t qk_dim, int64_t head_dim,
                                                   bool height, torch::Tensor scales, torch::Tensor rq,
                                                   torch::Tensor wk, torch::Tensor rv, bool positional,
