@@ -17,6 +17,9 @@
 #include <cstring>
 #include <vector>
 
+// the per-position terms must inline into channel_sums' loops, so that their per-plane parts leave the loops
+#define MEDT_BN_INLINE __attribute__((always_inline))
+
 namespace {
 
 typedef float f8 __attribute__((vector_size(32)));
@@ -34,9 +37,9 @@ inline double lane_sum(d8 v) {
   return s;
 }
 
-// Sets sums[c * 2 + k], k < 2, per channel c, to the float64 sums over the planes' positions of term(k, plane,
-// position) (evaluated on 8 positions at once as d8, or on one as double), over all N C planes (plane = n C + c).
-// The planes are split over the threads in memory order, each with its own partial sums.
+// Sets sums[c * 2 + k], k < 2, per channel c, to the float64 sums over the planes' positions of term(k, plane, plane
+// offset plane HW, position) (evaluated on 8 positions at once as d8, or on one as double), over all N C planes
+// (plane = n C + c). The planes are split over the threads in memory order, each with its own partial sums.
 template <typename Term8, typename Term1>
 void channel_sums(int64_t N, int64_t C, int64_t HW, double* sums, Term8 term8, Term1 term1) {
   const int64_t planes = N * C;
@@ -46,22 +49,23 @@ void channel_sums(int64_t N, int64_t C, int64_t HW, double* sums, Term8 term8, T
     for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
       double* part = partial.data() + chunk * C * 2;
       for (int64_t plane = planes * chunk / chunks; plane < planes * (chunk + 1) / chunks; ++plane) {
+        const int64_t off = plane * HW;
         d8 a0 = d8{}, a1 = d8{}, b0 = d8{}, b1 = d8{};  // two accumulators per term: the adds' latency
         int64_t i = 0;
         for (; i + 16 <= HW; i += 16) {
-          a0 += term8(0, plane, i);
-          b0 += term8(1, plane, i);
-          a1 += term8(0, plane, i + 8);
-          b1 += term8(1, plane, i + 8);
+          a0 += term8(0, plane, off, i);
+          b0 += term8(1, plane, off, i);
+          a1 += term8(0, plane, off, i + 8);
+          b1 += term8(1, plane, off, i + 8);
         }
         for (; i + 8 <= HW; i += 8) {
-          a0 += term8(0, plane, i);
-          b0 += term8(1, plane, i);
+          a0 += term8(0, plane, off, i);
+          b0 += term8(1, plane, off, i);
         }
         double s0 = lane_sum(a0 + a1), s1 = lane_sum(b0 + b1);
         for (; i < HW; ++i) {
-          s0 += term1(0, plane, i);
-          s1 += term1(1, plane, i);
+          s0 += term1(0, plane, off, i);
+          s1 += term1(1, plane, off, i);
         }
         part[plane % C * 2] += s0;
         part[plane % C * 2 + 1] += s1;
@@ -104,12 +108,12 @@ std::vector<torch::Tensor> batch_norm_forward(torch::Tensor x, torch::Tensor wei
   std::vector<double> sums(C * 2);
   channel_sums(
       N, C, HW, sums.data(),
-      [&](int k, int64_t plane, int64_t i) {
-        const d8 v = load_d8(xp + plane * HW + i);
+      [&](int k, int64_t, int64_t off, int64_t i) MEDT_BN_INLINE {
+        const d8 v = load_d8(xp + off + i);
         return k == 0 ? v : v * v;
       },
-      [&](int k, int64_t plane, int64_t i) {
-        const double v = xp[plane * HW + i];
+      [&](int k, int64_t, int64_t off, int64_t i) MEDT_BN_INLINE {
+        const double v = xp[off + i];
         return k == 0 ? v : v * v;
       });
   const double count = static_cast<double>(N * HW);
@@ -128,22 +132,19 @@ std::vector<torch::Tensor> batch_norm_forward(torch::Tensor x, torch::Tensor wei
   // per output plane: the sum of its T normalised input planes, then the ReLU
   at::parallel_for(0, N * C / T, 1, [&](int64_t begin, int64_t end) {
     for (int64_t out_plane = begin; out_plane < end; ++out_plane) {
-      float* q = yp + out_plane * HW;
+      float* __restrict__ q = yp + out_plane * HW;
       for (int64_t t = 0; t < T; ++t) {
         const int64_t plane = out_plane * T + t, c = plane % C;
         const float m = mf[c], a = scale[c], shift = b[c];
-        const float* p = xp + plane * HW;
+        const float* __restrict__ p = xp + plane * HW;
+        const float floor = relu && t == T - 1 ? 0.0f : -INFINITY;  // the ReLU with the last term
         if (t == 0) {
 #pragma omp simd
-          for (int64_t i = 0; i < HW; ++i) q[i] = (p[i] - m) * a + shift;
+          for (int64_t i = 0; i < HW; ++i) q[i] = std::max((p[i] - m) * a + shift, floor);
         } else {
 #pragma omp simd
-          for (int64_t i = 0; i < HW; ++i) q[i] += (p[i] - m) * a + shift;
+          for (int64_t i = 0; i < HW; ++i) q[i] = std::max(q[i] + ((p[i] - m) * a + shift), floor);
         }
-      }
-      if (relu) {
-#pragma omp simd
-        for (int64_t i = 0; i < HW; ++i) q[i] = std::max(q[i], 0.0f);
       }
     }
   });
@@ -184,18 +185,18 @@ std::vector<torch::Tensor> batch_norm_backward(torch::Tensor dy, torch::Tensor x
   std::vector<double> sums(C * 2);
   channel_sums(
       N, C, HW, sums.data(),
-      [&](int k, int64_t plane, int64_t i) {
+      [&](int k, int64_t plane, int64_t off, int64_t i) MEDT_BN_INLINE {
         const d8 g = __builtin_convertvector(grad8(plane / T * HW + i), d8);
         if (k == 0) return g;
         const int64_t c = plane % C;
         f8 p;
-        std::memcpy(&p, xp + plane * HW + i, sizeof(p));
+        std::memcpy(&p, xp + off + i, sizeof(p));
         return g * __builtin_convertvector((p - mp[c]) * ip[c], d8);
       },
-      [&](int k, int64_t plane, int64_t i) {
+      [&](int k, int64_t plane, int64_t off, int64_t i) MEDT_BN_INLINE {
         const double g = grad1(plane / T * HW + i);
         const int64_t c = plane % C;
-        return k == 0 ? g : g * ((xp[plane * HW + i] - mp[c]) * ip[c]);
+        return k == 0 ? g : g * ((xp[off + i] - mp[c]) * ip[c]);
       });
   auto dx = torch::empty_like(x);
   auto dweight = torch::empty({C}, x.options()), dbias = torch::empty({C}, x.options());
