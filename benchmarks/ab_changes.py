@@ -41,8 +41,9 @@ see the same machine state: on a shared host, runs minutes apart differ by more 
   d(map) and the scales' gradients) against the sequence-layout path (projection copies, scaled query and key
   tensors, the kernel on sequences, the terms stacked into the map, and the reverse in the backward); timed on train
   steps.
-- ``fused-batch-norm``: training-mode batch norms (and the ReLUs right after them) as one call of the CPU kernel
-  against the modules (PyTorch's batch norm, then an in-place ReLU); timed on train steps.
+- ``fused-batch-norm``: training-mode batch norms (with the ReLUs right after them and, in the attention layers, the
+  sum of the two output terms) as one call of the CPU kernel against the modules (PyTorch's batch norm, then an
+  in-place ReLU or the term sum); timed on train steps.
 
 ``eval-fusion``, ``inference-kernel``, ``direct-projection`` and ``direct-output`` switch ``map-kernel`` off on both
 sides when they time eval forwards: the map-to-map kernel replaces the paths they compare. For the same reason
