@@ -1,19 +1,19 @@
 # Copyright (c) monai-medt contributors
 # Licensed under the Apache License, Version 2.0 (the "License"); see the LICENSE file.
 """
-Optional fused CPU kernel of the relative axial attention (``csrc/relative_attention_cpu.cpp``).
+Optional fused CPU kernel of the relative axial attention (``csrc/relative_attention_cpu.cpp``), which also holds the
+training-mode batch norm of :mod:`monai_medt.networks.blocks.batch_norm` (``csrc/batch_norm_cpu.cpp``).
 
 It computes exactly :func:`monai_medt.networks.blocks.attention_core.relative_attention` and its gradients on blocks of
 query rows (float32: 8 rows, 16 on AVX-512 CPUs; float64: one row at a time), so that the (N, L, L) logit and attention
 maps never leave the cache. The axial layers call its map form (:func:`fused_map_attention`, and in eval mode
 ``inference_map``): each sequence's queries, keys and values are read in place from the layer's projected map, and the
 outputs (in training, their gradients with respect to the map) written as maps, so that the sequence layout is never
-materialised. It is compiled with
-the system's C++ compiler by :func:`torch.utils.cpp_extension.load` the first time a CPU attention layer runs (under a
-minute, then cached under ``$TORCH_EXTENSIONS_DIR/monai_medt``, by default ``~/.cache/torch_extensions/monai_medt``,
-one library per source, flags, vector ISA, torch and Python version). Where no compiler is available the build fails
-once with a warning and the layers use the PyTorch implementation. ``MONAI_MEDT_CPU_KERNEL=0`` skips the
-kernel altogether.
+materialised. It is compiled with the system's C++ compiler by :func:`torch.utils.cpp_extension.load` the first time a
+CPU attention layer runs (under a minute, then cached under ``$TORCH_EXTENSIONS_DIR/monai_medt``, by default
+``~/.cache/torch_extensions/monai_medt``, one library per version of the sources, flags, vector ISA, torch and Python
+version). Where no compiler is available the build fails once with a warning and the layers use the PyTorch
+implementation. ``MONAI_MEDT_CPU_KERNEL=0`` skips the kernel altogether.
 """
 
 from __future__ import annotations
