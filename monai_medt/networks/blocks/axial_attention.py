@@ -21,7 +21,7 @@ from monai.utils import look_up_option
 
 from monai_medt.networks.blocks import attention_core
 from monai_medt.networks.blocks.attention_core import RelativeAttentionFunction, chunk_rows, relative_attention
-from monai_medt.networks.blocks.batch_norm import batch_norm
+from monai_medt.networks.blocks.batch_norm import batch_norm, update_running_stats
 from monai_medt.networks.blocks.conv_norm import conv_norm, norm_affine
 from monai_medt.networks.blocks.cpu_kernel import cpu_kernel, fused_map_attention, fused_relative_attention
 from monai_medt.networks.blocks.logit_moments import logit_moments, logit_moments_reference, map_logit_moments
@@ -319,12 +319,9 @@ class _AxialAttentionBase(nn.Module):
             mean = means.reshape(-1)
             var = (squares.reshape(-1) - mean * mean).clamp_min(0.0)
             if self.training and norm.running_mean is not None and norm.running_var is not None:
-                norm.num_batches_tracked.add_(1)
-                momentum = norm.momentum
-                factor = 1.0 / float(norm.num_batches_tracked.item()) if momentum is None else momentum
-                unbiased = var.detach() * (count / max(count - 1, 1))
-                norm.running_mean.mul_(1.0 - factor).add_(mean.detach().to(norm.running_mean.dtype) * factor)
-                norm.running_var.mul_(1.0 - factor).add_(unbiased.to(norm.running_var.dtype) * factor)
+                update_running_stats(
+                    norm.running_mean, norm.running_var, norm.num_batches_tracked, norm.momentum, mean, var, count
+                )
             scale = weight.double() / torch.sqrt(var + eps)
         else:
             scale = weight.double() / torch.sqrt(norm.running_var.double() + eps)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from monai_medt.networks.blocks.cpu_kernel import cpu_kernel
 
-__all__ = ["BatchNormFunction", "batch_norm"]
+__all__ = ["BatchNormFunction", "batch_norm", "update_running_stats"]
 
 
 class BatchNormFunction(torch.autograd.Function):
@@ -47,6 +47,27 @@ class BatchNormFunction(torch.autograd.Function):
             dy.contiguous(), x, y, mean, invstd, weight.contiguous(), ctx.relu, ctx.terms
         )
         return dx, dweight, dbias, None, None, None
+
+
+def update_running_stats(
+    running_mean: torch.Tensor,
+    running_var: torch.Tensor,
+    num_batches_tracked: torch.Tensor,
+    momentum: float | None,
+    mean: torch.Tensor,
+    var: torch.Tensor,
+    count: int,
+) -> None:
+    """
+    Update a batch norm's running statistics in place as :class:`torch.nn.BatchNorm2d` does after a training forward:
+    a ``momentum`` of None is the cumulative average, and the running variance is unbiased. ``mean`` and ``var`` are
+    the batch mean and biased variance over ``count`` values per channel (any dtype; not differentiated).
+    """
+    num_batches_tracked.add_(1)
+    factor = 1.0 / float(num_batches_tracked.item()) if momentum is None else momentum
+    unbiased = var.detach() * (count / max(count - 1, 1))
+    running_mean.mul_(1.0 - factor).add_(mean.detach().to(running_mean.dtype) * factor)
+    running_var.mul_(1.0 - factor).add_(unbiased.to(running_var.dtype) * factor)
 
 
 def _fused(norm: nn.Module, x: torch.Tensor) -> bool:
@@ -105,12 +126,7 @@ def batch_norm(
         weight, bias = weight * factors, bias * factors
     y, mean, var = BatchNormFunction.apply(x, weight, bias, norm.eps, relu, terms)
     if norm.track_running_stats and norm.running_mean is not None and norm.running_var is not None:
-        # as nn.BatchNorm2d: a momentum of None is the cumulative average; the running variance is unbiased
-        with torch.no_grad():
-            norm.num_batches_tracked.add_(1)
-            factor = 1.0 / float(norm.num_batches_tracked.item()) if norm.momentum is None else norm.momentum
-            count = x.numel() // channels
-            norm.running_mean.mul_(1.0 - factor).add_(mean.to(norm.running_mean.dtype), alpha=factor)
-            unbiased = var * (count / (count - 1))
-            norm.running_var.mul_(1.0 - factor).add_(unbiased.to(norm.running_var.dtype), alpha=factor)
+        update_running_stats(
+            norm.running_mean, norm.running_var, norm.num_batches_tracked, norm.momentum, mean, var, x.numel() // channels
+        )
     return y
