@@ -99,23 +99,31 @@ def _sums(x: torch.Tensor, per_position: bool) -> list[torch.Tensor]:
 
 
 def _gradient(
-    x: torch.Tensor, mat: torch.Tensor, pos: torch.Tensor | None, lin: torch.Tensor, lin_pos: torch.Tensor | None
+    x: torch.Tensor,
+    mat: torch.Tensor,
+    pos: torch.Tensor | None,
+    lin: torch.Tensor,
+    lin_pos: torch.Tensor | None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """
     (mat[r, g] + pos[g, i]) @ x[r, g, i] + lin[r, g] + lin_pos[g, i] in x's dtype, computed in float64: the moments'
     gradient with respect to q or k. mat (R, G, c, c) and pos (G, L, c, c) symmetric, lin (R, G, c), lin_pos (G, L, c);
-    pos and lin_pos None for the content term alone.
+    pos and lin_pos None for the content term alone. x may be (R, G, L, c) or (B, O, G, L, c) (see :func:`_sums`);
+    written into ``out`` (x's shape, any strides) where given, else into a new tensor.
     """
     kernel = _kernel_for(x)
     if kernel is not None:
         empty = mat.new_empty(0)
         pos = empty if pos is None else pos.contiguous()
         lin_pos = empty if lin_pos is None else lin_pos.contiguous()
-        return kernel.moment_grad(x, mat.contiguous(), pos, lin.contiguous(), lin_pos, empty)
-    out = _apply_symmetric(x.double(), mat, pos).add_(lin[:, :, None])
+        return kernel.moment_grad(x, mat.contiguous(), pos, lin.contiguous(), lin_pos, empty if out is None else out)
+    xd = x.flatten(0, 1).double() if x.dim() == 5 else x.double()
+    grad = _apply_symmetric(xd, mat, pos).add_(lin[:, :, None])
     if lin_pos is not None:
-        out.add_(lin_pos[None])
-    return out.to(x.dtype)
+        grad.add_(lin_pos[None])
+    grad = grad.view(x.shape).to(x.dtype)
+    return grad if out is None else out.copy_(grad)
 
 
 def _apply_symmetric(x: torch.Tensor, per_sequence: torch.Tensor, per_position: torch.Tensor | None) -> torch.Tensor:
@@ -245,14 +253,10 @@ class MapLogitMomentsFunction(torch.autograd.Function):
         dqkv = torch.empty_like(qkv)
         b, _, h, w = qkv.shape
         dqkv.view(b, num_heads, -1, h, w)[:, :, 2 * qk_dim :].zero_()
-        kernel = cpu_kernel()
-        empty = q_args[0].new_empty(0)
-        for x, dx, (mat, pos, lin, lin_pos) in zip(
+        for x, dx, args in zip(
             _map_views(qkv, num_heads, qk_dim, height), _map_views(dqkv, num_heads, qk_dim, height), (q_args, k_args)
         ):
-            pos = empty if pos is None else pos.contiguous()
-            lin_pos = empty if lin_pos is None else lin_pos.contiguous()
-            kernel.moment_grad(x, mat.contiguous(), pos, lin.contiguous(), lin_pos, dx)
+            _gradient(x, *args, out=dx)
         if drq is None:
             return dqkv, None, None, None, None, None
         return dqkv, drq.to(ctx.dtypes[0]), dwk.to(ctx.dtypes[1]), None, None, None
