@@ -24,6 +24,19 @@ def require_path(path: Path) -> Path:
     return path
 
 
+def count_applies(monkeypatch, function: type[torch.autograd.Function]) -> list:
+    """Count the calls of ``function.apply`` while the test runs: the returned list grows by one per call."""
+    calls = []
+    original = function.apply
+
+    def counting_apply(*args):
+        calls.append(1)
+        return original(*args)
+
+    monkeypatch.setattr(function, "apply", counting_apply)
+    return calls
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
     torch.manual_seed(0)

@@ -14,6 +14,7 @@ import torch.nn as nn
 from monai_medt.networks.blocks import batch_norm as batch_norm_module
 from monai_medt.networks.blocks.batch_norm import batch_norm
 from monai_medt.networks.blocks.cpu_kernel import KERNEL_ENV, cpu_kernel
+from tests.conftest import count_applies
 
 
 @pytest.fixture
@@ -21,15 +22,7 @@ def kernel_calls(monkeypatch):
     """The number of fused calls, counted while the test runs (skips where the kernel is off)."""
     if os.environ.get(KERNEL_ENV) == "0" or cpu_kernel() is None:
         pytest.skip("the fused CPU kernel is disabled or did not build")
-    calls = []
-    original = batch_norm_module.BatchNormFunction.apply
-
-    def counting_apply(*args):
-        calls.append(1)
-        return original(*args)
-
-    monkeypatch.setattr(batch_norm_module.BatchNormFunction, "apply", counting_apply)
-    return calls
+    return count_applies(monkeypatch, batch_norm_module.BatchNormFunction)
 
 
 def _norm(channels: int, momentum: float | None) -> nn.BatchNorm2d:

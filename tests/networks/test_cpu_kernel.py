@@ -21,6 +21,7 @@ from monai_medt.networks.blocks.cpu_kernel import (
     cpu_kernel,
     fused_relative_attention,
 )
+from tests.conftest import count_applies
 
 
 @pytest.fixture
@@ -201,14 +202,7 @@ def test_layer_uses_kernel_and_matches_pytorch_path(kernel, monkeypatch, layer_n
     A training step of a layer gives the same output, gradients and running statistics with the kernel (its map form:
     queries, keys and values read in place from the projected map) and without it (the PyTorch implementation).
     """
-    calls = []
-    original = kernel_module.FusedMapAttentionFunction.apply
-
-    def counting_apply(*args):
-        calls.append(1)
-        return original(*args)
-
-    monkeypatch.setattr(kernel_module.FusedMapAttentionFunction, "apply", counting_apply)
+    calls = count_applies(monkeypatch, kernel_module.FusedMapAttentionFunction)
     make, shape = LAYERS[layer_name]
     x = torch.randn(shape)
     if channels_last:  # the projection then is channels-last too: the kernel reads and writes through strides
