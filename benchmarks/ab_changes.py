@@ -44,6 +44,9 @@ see the same machine state: on a shared host, runs minutes apart differ by more 
 - ``fused-batch-norm``: training-mode batch norms (with the ReLUs right after them and, in the attention layers, the
   sum of the two output terms) as one call of the CPU kernel against the modules (PyTorch's batch norm, then an
   in-place ReLU or the term sum); timed on train steps.
+- ``block-fusion``: in the axial blocks, the shortcut added and the ReLU applied in the pass of the last batch norm
+  (the shortcut's own norm through the kernel too), and the width attention's ReLU in its output norm's pass (stride
+  1), against the conv-norm pairs with a separate addition and ReLUs; timed on train steps.
 
 ``eval-fusion``, ``inference-kernel``, ``direct-projection`` and ``direct-output`` switch ``map-kernel`` off on both
 sides when they time eval forwards: the map-to-map kernel replaces the paths they compare. For the same reason
@@ -64,6 +67,7 @@ sides when they time train steps.
     python benchmarks/ab_changes.py --change channels-last-upsample --model MedT --threads 2 --rounds 6 --train
     python benchmarks/ab_changes.py --change map-training --model MedT --threads 2 --rounds 6
     python benchmarks/ab_changes.py --change fused-batch-norm --model MedT --threads 2 --rounds 6
+    python benchmarks/ab_changes.py --change block-fusion --model MedT --threads 2 --rounds 6
 """
 
 from __future__ import annotations
@@ -158,7 +162,21 @@ def switch(change: str) -> Callable[[bool], None]:
         fused = batch_norm._fused
 
         def use(on: bool) -> None:
-            batch_norm._fused = fused if on else (lambda norm, x: False)
+            batch_norm._fused = fused if on else (lambda norm, x, residual: False)
+
+    elif change == "block-fusion":
+        fused_block = axial_block.AxialBlock._folded_forward
+
+        def separate(self, x):  # the earlier block: the width attention's ReLU and the residual addition on their own
+            out = conv_norm.conv_norm(self.conv_in, self.norm_in, x, relu=True)
+            self.attn_w.output_relu = False
+            out = F.relu(self.attn_w(self.attn_h(out)), inplace=True)
+            self.attn_w.output_relu = True
+            out = conv_norm.conv_norm(self.conv_out, self.norm_out, out)
+            return F.relu(out + self.shortcut(x), inplace=True)
+
+        def use(on: bool) -> None:
+            axial_block.AxialBlock._folded_forward = fused_block if on else separate
 
     elif change == "map-training":
         train_map_kernel = axial_attention._AxialAttentionBase._train_map_kernel
@@ -225,7 +243,7 @@ def main() -> None:
     changes = [
         "eval-fusion", "logit-moments", "channels-last-stem", "inference-kernel", "conv-norm-fold", "direct-projection",
         "direct-output", "map-kernel", "channels-last-eval", "avx512-build", "moments-kernel", "channels-last-upsample",
-        "map-training", "fused-batch-norm",
+        "map-training", "fused-batch-norm", "block-fusion",
     ]
     parser.add_argument("--change", default="eval-fusion", choices=changes)
     parser.add_argument("--model", default="MedT", choices=["MedT", "LoGo", "GatedAxialUNet", "AxialUNet"])
@@ -238,7 +256,8 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    train = args.change in ("logit-moments", "moments-kernel", "map-training", "fused-batch-norm") or args.train
+    train_changes = ("logit-moments", "moments-kernel", "map-training", "fused-batch-norm", "block-fusion")
+    train = args.change in train_changes or args.train
     net = getattr(nets, args.model)(in_channels=3, out_channels=2, img_size=args.size).train(train)
     optimizer = torch.optim.Adam(net.parameters(), 1e-3)
     x = torch.rand(args.batch, 3, args.size, args.size)

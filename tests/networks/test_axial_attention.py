@@ -337,3 +337,28 @@ def test_chunked_kernel_equals_single_pass(monkeypatch):
         results.append([xi.grad] + [p.grad for p in layer.parameters() if p.grad is not None])
     for a, b in zip(*results):
         _assert_grad_close(a, b, "chunked vs single pass")
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("train", [True, False])
+def test_output_relu_is_the_relu_of_the_output(stride, train, attention_backend):
+    """``output_relu=True`` returns the ReLU of the (pooled) output of the same layer without it, with its gradient."""
+    results = []
+    for output_relu in (False, True):
+        torch.manual_seed(4)
+        for layer in (
+            GatedAxialAttention(8, 16, kernel_size=12, num_heads=4, axis="width", stride=stride, output_relu=output_relu),
+            AxialAttentionNoPos(8, 16, num_heads=4, axis="width", stride=stride, output_relu=output_relu),
+        ):
+            if not train:  # running statistics away from their initial values
+                layer.train()(torch.randn(2, 8, 10, 12) * 2.0 + 1.0)
+            layer.train(train)
+            x = torch.randn(2, 8, 10, 12, requires_grad=True)
+            out = layer(x)
+            # the same loss of the rectified output both ways
+            (out if output_relu else F.relu(out)).pow(2).sum().backward()
+            results.append((out.detach(), x.grad))
+    for (plain, plain_grad), (with_relu, relu_grad) in zip(results[:2], results[2:]):
+        assert (plain < 0).any() and (plain > 0).any()
+        torch.testing.assert_close(with_relu, F.relu(plain), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(relu_grad, plain_grad, rtol=1e-4, atol=1e-5)

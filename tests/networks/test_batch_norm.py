@@ -107,3 +107,37 @@ def test_term_sums_match_module(kernel_calls, relu, scaled):
         torch.testing.assert_close(scales[0].grad, scales[1].grad, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="multiple of terms"):
         batch_norm(fused_norm, x, terms=3)
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("terms", [1, 2])
+def test_residual_matches_module(kernel_calls, relu, terms):
+    """A residual (the axial block's shortcut) is added after the term sum and before the ReLU; it gets the gradient."""
+    torch.manual_seed(2)
+    shape, out_shape = (3, 8, 6, 10), (3, 8 // terms, 6, 10)
+    fused_norm = _norm(8, 0.1)
+    module_norm = copy.deepcopy(fused_norm)
+    x, r, grad = torch.randn(shape) + 1.0, torch.randn(out_shape), torch.randn(out_shape)
+    x_fused, x_module = x.clone().requires_grad_(), x.clone().requires_grad_()
+    r_fused, r_module = r.clone().requires_grad_(), r.clone().requires_grad_()
+    y_fused = batch_norm(fused_norm, x_fused, relu, terms=terms, residual=r_fused)
+    y_module = module_norm(x_module).view(3, 8 // terms, terms, 6, 10).sum(2) + r_module
+    y_module = torch.relu(y_module) if relu else y_module
+    y_fused.backward(grad)
+    y_module.backward(grad)
+    assert len(kernel_calls) == 1
+    torch.testing.assert_close(y_fused, y_module, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x_fused.grad, x_module.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(r_fused.grad, r_module.grad)
+    for got, want in zip(fused_norm.parameters(), module_norm.parameters()):
+        torch.testing.assert_close(got.grad, want.grad, rtol=1e-4, atol=1e-4)
+    if relu:  # the ReLU cuts some sums, so the residual's gradient differs from grad there
+        assert (r_fused.grad == 0).any() and (r_fused.grad != 0).any()
+    # a residual without gradient (a frozen input) gets none, and the eval path adds it as well
+    y_frozen = batch_norm(fused_norm, x, relu, terms=terms, residual=r)
+    assert not r.requires_grad and y_frozen.shape == out_shape and len(kernel_calls) == 2
+    eval_norm = copy.deepcopy(module_norm).eval()
+    want = eval_norm(x).view(3, 8 // terms, terms, 6, 10).sum(2) + r
+    torch.testing.assert_close(batch_norm(eval_norm, x, relu, terms=terms, residual=r), torch.relu(want) if relu else want)
+    with pytest.raises(ValueError, match="residual's shape"):
+        batch_norm(fused_norm, x, relu, terms=terms, residual=torch.randn(3, 8, 6, 5))

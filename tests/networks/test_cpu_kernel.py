@@ -192,6 +192,15 @@ LAYERS = {
         lambda: AxialAttentionNoPos(6, 16, num_heads=8, axis="width", stride=2),
         (2, 6, 8, 16),
     ),
+    # the output ReLU: in the output norm's pass at stride 1, after the pooling at stride 2
+    "gated, width, output ReLU": (
+        lambda: GatedAxialAttention(8, 16, kernel_size=12, num_heads=4, axis="width", output_relu=True),
+        (2, 8, 16, 12),
+    ),
+    "no positions, width, stride 2, output ReLU": (
+        lambda: AxialAttentionNoPos(6, 16, num_heads=8, axis="width", stride=2, output_relu=True),
+        (2, 6, 8, 16),
+    ),
 }
 
 

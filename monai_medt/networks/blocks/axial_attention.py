@@ -16,6 +16,7 @@ from types import ModuleType
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from monai.networks.layers.factories import Conv, Norm, Pool
 from monai.utils import look_up_option
 
@@ -53,7 +54,9 @@ class _AxialAttentionBase(nn.Module):
     other-axis positions and all heads are stacked into one batch so that each attention product is a single matmul.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, num_heads: int, axis: str, stride: int) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, num_heads: int, axis: str, stride: int, output_relu: bool
+    ) -> None:
         super().__init__()
         if in_channels <= 0:
             raise ValueError(f"in_channels must be positive, got {in_channels}.")
@@ -73,6 +76,7 @@ class _AxialAttentionBase(nn.Module):
         self.head_dim = out_channels // num_heads
         self.qk_dim = self.head_dim // 2
         self.stride = stride
+        self.output_relu = output_relu
         # logits per chunk of the CPU attention kernel (read at construction, so it can be tuned per layer)
         self.chunk_bytes: int = attention_core.CPU_CHUNK_BYTES
         # the projection is a 1D conv over each sequence in the reference code; a 1x1 2D conv on the map is the same
@@ -81,6 +85,14 @@ class _AxialAttentionBase(nn.Module):
         self.qkv_norm = Norm[Norm.BATCH, 2](2 * out_channels)
         self.pool = Pool[Pool.AVG, 2](kernel_size=stride, stride=stride) if stride > 1 else nn.Identity()
         nn.init.normal_(self.qkv.weight, 0.0, (1.0 / in_channels) ** 0.5)
+
+    def _output(self, out: torch.Tensor, relu_applied: bool = False) -> torch.Tensor:
+        """The output map pooled by the stride, then the output ReLU where ``output_relu`` (unless already applied)."""
+        out = self.pool(out)
+        if self.output_relu and not relu_applied:
+            # in place: a fresh map (the norm's, the sum's or the pooling's output) whose producer does not read it
+            out = F.relu(out, inplace=True)
+        return out
 
     def _fuse_eval(self) -> bool:
         """
@@ -358,6 +370,8 @@ class AxialAttention(_AxialAttentionBase):
             for the first epochs (see :func:`monai_medt.networks.set_gates_trainable`). Defaults to False.
         gate_init: initial gate values (query-position, key-position, value-content, value-position).
             Defaults to the official ``(0.1, 0.1, 1.0, 0.1)``.
+        output_relu: follow the (pooled) output with a ReLU, as the axial block does after its width attention; in
+            CPU training it runs in the output norm's pass where the stride is 1. Defaults to False.
 
     Examples::
 
@@ -378,8 +392,9 @@ class AxialAttention(_AxialAttentionBase):
         gate_position: str = "before_norm",
         learnable_gates: bool = False,
         gate_init: tuple[float, float, float, float] = DEFAULT_GATE_INIT,
+        output_relu: bool = False,
     ) -> None:
-        super().__init__(in_channels, out_channels, num_heads, axis, stride)
+        super().__init__(in_channels, out_channels, num_heads, axis, stride, output_relu)
         if kernel_size <= 0:
             raise ValueError(f"kernel_size must be positive, got {kernel_size}.")
         if len(gate_init) != 4:
@@ -414,9 +429,9 @@ class AxialAttention(_AxialAttentionBase):
         if not torch.jit.is_scripting():
             kernel = self._map_kernel(x)
             if kernel is not None:
-                return self.pool(self._forward_map(kernel, x))
+                return self._output(self._forward_map(kernel, x))
             if self._train_map_kernel(x) is not None:
-                return self.pool(self._forward_train_map(x))
+                return self._forward_train_map(x)
         b, _, h, w = x.shape
         q, k, v = self._project(x)
         n, length, qk_dim = q.shape
@@ -443,18 +458,18 @@ class AxialAttention(_AxialAttentionBase):
         if not torch.jit.is_scripting():  # noqa: SIM102
             if self._fuse_eval():
                 after = gates[2:] if self.gate_after_norm else None
-                return self.pool(self._to_map_eval([sv.to(x.dtype), sve.to(x.dtype)], b, h, w, after))
+                return self._output(self._to_map_eval([sv.to(x.dtype), sve.to(x.dtype)], b, h, w, after))
         out = self.out_norm(self._to_map([sv.to(x.dtype), sve.to(x.dtype)], b, h, w))
         out = out.view(b, self.out_channels, 2, h, w)
         if self.gate_after_norm:
             out = out * gates[2:].view(1, 1, 2, 1, 1)
-        return self.pool(out.sum(dim=2))
+        return self._output(out.sum(dim=2))
 
     @torch.jit.unused
     def _forward_train_map(self, x: torch.Tensor) -> torch.Tensor:
         """
-        :meth:`forward` (before the pooling) with the attention core on the map (:func:`fused_map_attention`): the
-        gates and norms placed as there; the value gate of ``gate_position="before_norm"`` becomes the values' scale.
+        :meth:`forward` with the attention core on the map (:func:`fused_map_attention`): the gates and norms placed as
+        there; the value gate of ``gate_position="before_norm"`` becomes the values' scale.
         """
         b, _, h, w = x.shape
         height = self.axis == "height"
@@ -473,8 +488,12 @@ class AxialAttention(_AxialAttentionBase):
             scales = scales * torch.stack([torch.ones_like(gates[0]), gates[0], gates[1]]).view(3, 1)
         scales = torch.cat([scales, value.expand(1, self.num_heads)])
         terms = fused_map_attention(qkv, scales, rq, wk, rv, self.num_heads, self.qk_dim, self.head_dim, height)
-        # the output norm and the sum of its two terms in one pass (the gates after the norm scale the terms)
-        return batch_norm(self.out_norm, terms, terms=2, term_scales=gates[2:] if self.gate_after_norm else None)
+        # the output norm, the sum of its two terms and (before any pooling) the ReLU in one pass (the gates after the
+        # norm scale the terms)
+        relu = self.output_relu and self.stride == 1
+        scales_after = gates[2:] if self.gate_after_norm else None
+        out = batch_norm(self.out_norm, terms, relu=relu, terms=2, term_scales=scales_after)
+        return self._output(out, relu_applied=relu)
 
     @torch.jit.unused
     def _forward_map(self, kernel: ModuleType, x: torch.Tensor) -> torch.Tensor:
@@ -508,6 +527,7 @@ class GatedAxialAttention(AxialAttention):
         gate_position: ``"before_norm"`` (official code) or ``"after_norm"`` (paper). Defaults to ``"before_norm"``.
         learnable_gates: whether the gates receive gradients from the start. Defaults to False (official warm-up).
         gate_init: initial gate values. Defaults to ``(0.1, 0.1, 1.0, 0.1)``.
+        output_relu: follow the (pooled) output with a ReLU. Defaults to False.
 
     Examples::
 
@@ -527,6 +547,7 @@ class GatedAxialAttention(AxialAttention):
         gate_position: str = "before_norm",
         learnable_gates: bool = False,
         gate_init: tuple[float, float, float, float] = DEFAULT_GATE_INIT,
+        output_relu: bool = False,
     ) -> None:
         super().__init__(
             in_channels,
@@ -539,6 +560,7 @@ class GatedAxialAttention(AxialAttention):
             gate_position=gate_position,
             learnable_gates=learnable_gates,
             gate_init=gate_init,
+            output_relu=output_relu,
         )
 
 
@@ -555,6 +577,8 @@ class AxialAttentionNoPos(_AxialAttentionBase):
         num_heads: number of attention heads. Defaults to 8.
         axis: ``"height"`` or ``"width"``. Defaults to ``"height"``.
         stride: 1, or 2 to average-pool the output by 2. Defaults to 1.
+        output_relu: follow the (pooled) output with a ReLU; in CPU training it runs in the output norm's pass where
+            the stride is 1. Defaults to False.
 
     Examples::
 
@@ -564,9 +588,15 @@ class AxialAttentionNoPos(_AxialAttentionBase):
     """
 
     def __init__(
-        self, in_channels: int, out_channels: int, num_heads: int = 8, axis: str = "height", stride: int = 1
+        self,
+        in_channels: int,
+        out_channels: int,
+        num_heads: int = 8,
+        axis: str = "height",
+        stride: int = 1,
+        output_relu: bool = False,
     ) -> None:
-        super().__init__(in_channels, out_channels, num_heads, axis, stride)
+        super().__init__(in_channels, out_channels, num_heads, axis, stride, output_relu)
         self.logit_norm = Norm[Norm.BATCH, 2](num_heads)
         self.logit_norm.bias.requires_grad_(False)  # cancels in the softmax (see AxialAttention)
         self.out_norm = Norm[Norm.BATCH, 2](out_channels)
@@ -578,9 +608,9 @@ class AxialAttentionNoPos(_AxialAttentionBase):
             if kernel is not None:
                 scale, shift = norm_affine(self.out_norm)
                 scales = self._fold_logit_norm(x.new_empty(0), x.new_empty(0), 0, 1)
-                return self.pool(self._attend_map(kernel, x, scales, [], scale.view(1, -1), shift))
+                return self._output(self._attend_map(kernel, x, scales, [], scale.view(1, -1), shift))
             if self._train_map_kernel(x) is not None:
-                return self.pool(self._forward_train_map(x))
+                return self._forward_train_map(x)
         b, _, h, w = x.shape
         q, k, v = self._project(x)
         n, length, qk_dim = q.shape
@@ -594,13 +624,13 @@ class AxialAttentionNoPos(_AxialAttentionBase):
         # nested: TorchScript drops a branch only when its condition is is_scripting() alone
         if not torch.jit.is_scripting():  # noqa: SIM102
             if self._fuse_eval():
-                return self.pool(self._to_map_eval([sv.to(x.dtype)], b, h, w, None))
+                return self._output(self._to_map_eval([sv.to(x.dtype)], b, h, w, None))
         out = self.out_norm(self._to_map([sv.to(x.dtype)], b, h, w))
-        return self.pool(out)
+        return self._output(out)
 
     @torch.jit.unused
     def _forward_train_map(self, x: torch.Tensor) -> torch.Tensor:
-        """:meth:`forward` (before the pooling) with the attention core on the map (:func:`fused_map_attention`)."""
+        """:meth:`forward` with the attention core on the map (:func:`fused_map_attention`)."""
         b, _, h, w = x.shape
         height = self.axis == "height"
         qkv = self._project_eager(x)
@@ -608,4 +638,5 @@ class AxialAttentionNoPos(_AxialAttentionBase):
         sequences, length = (b * w, h) if height else (b * h, w)
         scale = self._fold_logit_norm(means, squares, sequences * length * length, 1)
         terms = fused_map_attention(qkv, scale, None, None, None, self.num_heads, self.qk_dim, self.head_dim, height)
-        return batch_norm(self.out_norm, terms)
+        relu = self.output_relu and self.stride == 1  # in the norm's pass where no pooling comes between
+        return self._output(batch_norm(self.out_norm, terms, relu=relu), relu_applied=relu)

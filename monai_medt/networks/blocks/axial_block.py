@@ -83,7 +83,9 @@ class AxialBlock(nn.Module):
         self.attn_w: nn.Module
         if attention == "nopos":
             self.attn_h = AxialAttentionNoPos(width, width, num_heads=num_heads, axis="height")
-            self.attn_w = AxialAttentionNoPos(width, width, num_heads=num_heads, axis="width", stride=stride)
+            self.attn_w = AxialAttentionNoPos(
+                width, width, num_heads=num_heads, axis="width", stride=stride, output_relu=True
+            )
         else:
             gated = attention == "gated"
             self.attn_h = AxialAttention(
@@ -103,6 +105,7 @@ class AxialBlock(nn.Module):
                 num_heads=num_heads,
                 axis="width",
                 stride=stride,
+                output_relu=True,
                 gated=gated,
                 gate_position=gate_position,
                 learnable_gates=learnable_gates,
@@ -132,18 +135,21 @@ class AxialBlock(nn.Module):
         if not torch.jit.is_scripting():
             return self._folded_forward(x)
         out = F.relu(self.norm_in(self.conv_in(x)), inplace=True)
-        out = F.relu(self.attn_w(self.attn_h(out)), inplace=True)
+        out = self.attn_w(self.attn_h(out))  # its output ReLU included
         out = self.norm_out(self.conv_out(out))
         return F.relu(out + self.shortcut(x), inplace=True)
 
     @torch.jit.unused
     def _folded_forward(self, x: torch.Tensor) -> torch.Tensor:
-        # eager: in eval mode the 1x1 convs' batch norms are folded into them, in training the norms (and the first
-        # ReLU) run fused on the CPU (TorchScript cannot pass modules to a function)
+        # eager: in eval mode the 1x1 convs' batch norms are folded into them, in training the norms run fused on the
+        # CPU with the ReLUs, the residual addition and the width attention's ReLU in their passes (TorchScript cannot
+        # pass modules to a function)
         out = conv_norm(self.conv_in, self.norm_in, x, relu=True)
-        out = F.relu(self.attn_w(self.attn_h(out)), inplace=True)
-        out = conv_norm(self.conv_out, self.norm_out, out)
-        return F.relu(out + self.shortcut(x), inplace=True)
+        out = self.attn_w(self.attn_h(out))
+        shortcut = x
+        if isinstance(self.shortcut, nn.Sequential):
+            shortcut = conv_norm(self.shortcut[0], self.shortcut[1], x)
+        return conv_norm(self.conv_out, self.norm_out, out, relu=True, residual=shortcut)
 
 
 def make_axial_stage(

@@ -6,7 +6,8 @@ Training-mode batch norm, optionally followed by a ReLU, on the fused CPU kernel
 PyTorch's CPU batch norm of contiguous (N, C, H, W) maps computes the batch statistics with a Welford pass per channel
 and is ~3x slower than its channels-last kernel; the ReLU after it costs another pass each way. Here the statistics
 are one pass of float64 sums, normalisation and ReLU one pass, and the backward two (the ReLU's mask read from the
-saved output). The axial attention's output norm also sums its two normalised terms per channel in the same pass.
+saved output). The axial attention's output norm also sums its two normalised terms per channel in the same pass, and
+the axial block's last norm adds the shortcut before its ReLU.
 The module's running statistics are updated as :class:`torch.nn.BatchNorm2d` updates them. Everywhere else (other
 devices, dtypes or layouts, eval mode, autocast, tracing, compilation, no kernel) the module itself runs.
 """
@@ -24,18 +25,19 @@ __all__ = ["BatchNormFunction", "batch_norm", "update_running_stats"]
 
 class BatchNormFunction(torch.autograd.Function):
     """
-    Autograd function of the kernel's batch norm (+ term sum, + ReLU): returns the output and the batch mean and biased
-    variance (float64, not differentiable, for the running statistics).
+    Autograd function of the kernel's batch norm (+ term sum, + residual, + ReLU): returns the output and the batch
+    mean and biased variance (float64, not differentiable, for the running statistics). ``residual`` is None or a map
+    of the output's shape.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, eps: float, relu: bool, terms: int):  # type: ignore[override]
+    def forward(ctx, x, weight, bias, residual, eps: float, relu: bool, terms: int):  # type: ignore[override]
         y, mean, invstd, var = cpu_kernel().batch_norm_forward(
-            x, weight.contiguous(), bias.contiguous(), eps, relu, terms
+            x, weight.contiguous(), bias.contiguous(), x.new_empty(0) if residual is None else residual, eps, relu, terms
         )
         # the ReLU's mask comes from the output, which the next layer keeps for its own backward anyway
         ctx.save_for_backward(x, y if relu else None, mean, invstd, weight)
-        ctx.relu, ctx.terms = relu, terms
+        ctx.relu, ctx.terms, ctx.residual = relu, terms, residual is not None
         ctx.mark_non_differentiable(mean, var)
         return y, mean, var
 
@@ -43,10 +45,14 @@ class BatchNormFunction(torch.autograd.Function):
     def backward(ctx, dy, _mean, _var):  # type: ignore[override]
         x, y, mean, invstd, weight = ctx.saved_tensors
         y = x.new_empty(0) if y is None else y
-        dx, dweight, dbias = cpu_kernel().batch_norm_backward(
-            dy.contiguous(), x, y, mean, invstd, weight.contiguous(), ctx.relu, ctx.terms
+        dy = dy.contiguous()
+        residual_grad = ctx.residual and ctx.needs_input_grad[3]
+        dx, dweight, dbias, dresidual = cpu_kernel().batch_norm_backward(
+            dy, x, y, mean, invstd, weight.contiguous(), ctx.relu, ctx.terms, residual_grad
         )
-        return dx, dweight, dbias, None, None, None
+        if residual_grad and not ctx.relu:
+            dresidual = dy
+        return dx, dweight, dbias, dresidual if residual_grad else None, None, None, None
 
 
 def update_running_stats(
@@ -70,11 +76,15 @@ def update_running_stats(
     running_var.mul_(1.0 - factor).add_(unbiased.to(running_var.dtype) * factor)
 
 
-def _fused(norm: nn.Module, x: torch.Tensor) -> bool:
-    """Whether the kernel runs ``norm`` on ``x``: see the module docstring."""
+def _fused(norm: nn.Module, x: torch.Tensor, residual: torch.Tensor | None) -> bool:
+    """Whether the kernel runs ``norm`` on ``x`` (and adds ``residual``): see the module docstring."""
     if type(norm) is not nn.BatchNorm2d or not norm.training or norm.weight is None or norm.bias is None:
         return False
     if x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 4 or not x.is_contiguous():
+        return False
+    if residual is not None and (
+        residual.device.type != "cpu" or residual.dtype != torch.float32 or not residual.is_contiguous()
+    ):
         return False
     if norm.weight.dtype != torch.float32 or x.numel() <= x.shape[1]:  # one value per channel: the module's error
         return False
@@ -89,10 +99,12 @@ def batch_norm(
     relu: bool = False,
     terms: int = 1,
     term_scales: torch.Tensor | None = None,
+    residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """
     ``norm(x)``, with each group of ``terms`` consecutive output channels summed (each term times its entry of
-    ``term_scales`` where given), followed by a ReLU where ``relu``; in training on the CPU, one fused kernel call.
+    ``term_scales`` where given), plus ``residual`` where given, followed by a ReLU where ``relu``; in training on the
+    CPU, one fused kernel call.
 
     Args:
         norm: the batch norm.
@@ -100,6 +112,7 @@ def batch_norm(
         relu: apply a ReLU to the output.
         terms: channels summed per output channel: the output is (N, C / terms, H, W).
         term_scales: (terms,) factors of the normalised terms before the sum, or None.
+        residual: a map of the output's shape added before the ReLU (a residual block's shortcut), or None.
 
     Examples::
 
@@ -112,19 +125,25 @@ def batch_norm(
     n, channels, h, w = x.shape
     if channels % terms != 0:
         raise ValueError(f"the channels ({channels}) must be a multiple of terms ({terms}).")
-    if not _fused(norm, x):
+    if residual is not None and residual.shape != (n, channels // terms, h, w):
+        raise ValueError(
+            f"the residual's shape {tuple(residual.shape)} differs from the output's {(n, channels // terms, h, w)}."
+        )
+    if not _fused(norm, x, residual):
         y = norm(x)
         if terms > 1 or term_scales is not None:
             y = y.view(n, channels // terms, terms, h, w)
             if term_scales is not None:
                 y = y * term_scales.view(1, 1, terms, 1, 1)
             y = y.sum(dim=2)
+        if residual is not None:
+            y = y + residual
         return F.relu(y, inplace=True) if relu else y
     weight, bias = norm.weight, norm.bias
     if term_scales is not None:  # scaling a normalised term is scaling its affine parameters
         factors = term_scales.to(weight.dtype).repeat(channels // terms)
         weight, bias = weight * factors, bias * factors
-    y, mean, var = BatchNormFunction.apply(x, weight, bias, norm.eps, relu, terms)
+    y, mean, var = BatchNormFunction.apply(x, weight, bias, residual, norm.eps, relu, terms)
     if norm.track_running_stats and norm.running_mean is not None and norm.running_var is not None:
         update_running_stats(
             norm.running_mean, norm.running_var, norm.num_batches_tracked, norm.momentum, mean, var, x.numel() // channels

@@ -32,9 +32,11 @@ def norm_affine(norm: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     return scale, norm.bias - norm.running_mean * scale
 
 
-def conv_norm(conv: nn.Conv2d, norm: nn.BatchNorm2d, x: torch.Tensor, relu: bool = False) -> torch.Tensor:
+def conv_norm(
+    conv: nn.Conv2d, norm: nn.BatchNorm2d, x: torch.Tensor, relu: bool = False, residual: torch.Tensor | None = None
+) -> torch.Tensor:
     """
-    ``norm(conv(x))``, followed by a ReLU where ``relu``. Where the norm uses its running statistics (eval mode) it is
+    ``norm(conv(x))``, plus ``residual`` where given, followed by a ReLU where ``relu``. Where the norm uses its running statistics (eval mode) it is
     an affine map per channel, so it is folded into the convolution's weight and bias: one pass over the output
     instead of two. The folded weights are computed on every call (a few thousand values), so they always follow the
     current parameters. In training the norm (and ReLU) run as
@@ -45,6 +47,7 @@ def conv_norm(conv: nn.Conv2d, norm: nn.BatchNorm2d, x: torch.Tensor, relu: bool
         norm: the batch norm of its output channels.
         x: the convolution's input.
         relu: apply a ReLU (in place) to the output.
+        residual: a map of the output's shape added before the ReLU (a residual block's shortcut), or None.
 
     Examples::
 
@@ -53,11 +56,13 @@ def conv_norm(conv: nn.Conv2d, norm: nn.BatchNorm2d, x: torch.Tensor, relu: bool
         torch.Size([1, 8, 16, 16])
     """
     if norm.training or any(t is None for t in (norm.running_mean, norm.running_var, norm.weight, norm.bias)):
-        return batch_norm(norm, conv(x), relu)
+        return batch_norm(norm, conv(x), relu, residual=residual)
     scale, shift = norm_affine(norm)
     if conv.bias is not None:
         shift = shift + conv.bias * scale
     folded = conv.weight * scale.reshape(-1, 1, 1, 1)
     out = F.conv2d(x, folded, shift, conv.stride, conv.padding, conv.dilation, conv.groups)
     # in place: a fresh output whose producer's backward does not read it
+    if residual is not None:
+        out = out.add_(residual)
     return F.relu(out, inplace=True) if relu else out

@@ -1,8 +1,9 @@
 // Copyright (c) monai-medt contributors
 // Licensed under the Apache License, Version 2.0 (the "License"); see the LICENSE file.
 //
-// Training-mode batch norm of contiguous (N, C, H, W) float32 maps, with an optional ReLU fused in and optionally the
-// sum of each group of T consecutive normalised channels (the axial attention's output terms) (batch_norm.py).
+// Training-mode batch norm of contiguous (N, C, H, W) float32 maps, with an optional ReLU fused in, optionally the
+// sum of each group of T consecutive normalised channels (the axial attention's output terms) and optionally a
+// residual map added before the ReLU (the axial block's shortcut) (batch_norm.py).
 // PyTorch's CPU kernel for this layout runs a Welford pass per channel and a separate transform, and the ReLU after
 // it another pass each way. Here every pass streams through the map in memory order (plane by plane; a channel's
 // planes lie C H W floats apart, so walking a channel at a time meets short strided runs): the statistics are one pass
@@ -92,8 +93,8 @@ void check_channels(const torch::Tensor& t, int64_t C, const char* name) {
 
 }  // namespace
 
-std::vector<torch::Tensor> batch_norm_forward(torch::Tensor x, torch::Tensor weight, torch::Tensor bias, double eps,
-                                              bool relu, int64_t terms) {
+std::vector<torch::Tensor> batch_norm_forward(torch::Tensor x, torch::Tensor weight, torch::Tensor bias,
+                                              torch::Tensor residual, double eps, bool relu, int64_t terms) {
   check_map(x, "x");
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3), T = terms;
   TORCH_CHECK(N * HW > 0, "batch norm needs at least one value per channel");
@@ -101,6 +102,11 @@ std::vector<torch::Tensor> batch_norm_forward(torch::Tensor x, torch::Tensor wei
   check_channels(weight, C, "weight");
   check_channels(bias, C, "bias");
   auto y = torch::empty({N, C / T, x.size(2), x.size(3)}, x.options());
+  const bool has_residual = residual.numel() > 0;
+  if (has_residual) {
+    check_map(residual, "residual");
+    TORCH_CHECK(residual.sizes() == y.sizes(), "residual must have the output's shape");
+  }
   auto mean = torch::empty({C}, x.options()), invstd = torch::empty({C}, x.options());
   auto var = torch::empty({C}, x.options().dtype(torch::kDouble));
   const float* xp = x.data_ptr<float>();
@@ -129,16 +135,27 @@ std::vector<torch::Tensor> batch_norm_forward(torch::Tensor x, torch::Tensor wei
   std::copy(mf.begin(), mf.end(), mean.data_ptr<float>());
   const float* b = bias.data_ptr<float>();
   float* yp = y.data_ptr<float>();
-  // per output plane: the sum of its T normalised input planes, then the ReLU
+  const float* rp = has_residual ? residual.data_ptr<float>() : nullptr;
+  // per output plane: the sum of its T normalised input planes, then the residual, then the ReLU
   at::parallel_for(0, N * C / T, 1, [&](int64_t begin, int64_t end) {
     for (int64_t out_plane = begin; out_plane < end; ++out_plane) {
       float* __restrict__ q = yp + out_plane * HW;
+      const float* __restrict__ r = has_residual ? rp + out_plane * HW : nullptr;
       for (int64_t t = 0; t < T; ++t) {
         const int64_t plane = out_plane * T + t, c = plane % C;
         const float m = mf[c], a = scale[c], shift = b[c];
         const float* __restrict__ p = xp + plane * HW;
-        const float floor = relu && t == T - 1 ? 0.0f : -INFINITY;  // the ReLU with the last term
-        if (t == 0) {
+        const bool last = t == T - 1;
+        const float floor = relu && last ? 0.0f : -INFINITY;  // the ReLU with the last term
+        if (last && r != nullptr) {
+          if (t == 0) {
+#pragma omp simd
+            for (int64_t i = 0; i < HW; ++i) q[i] = std::max(((p[i] - m) * a + shift) + r[i], floor);
+          } else {
+#pragma omp simd
+            for (int64_t i = 0; i < HW; ++i) q[i] = std::max((q[i] + ((p[i] - m) * a + shift)) + r[i], floor);
+          }
+        } else if (t == 0) {
 #pragma omp simd
           for (int64_t i = 0; i < HW; ++i) q[i] = std::max((p[i] - m) * a + shift, floor);
         } else {
@@ -152,7 +169,8 @@ std::vector<torch::Tensor> batch_norm_forward(torch::Tensor x, torch::Tensor wei
 }
 
 std::vector<torch::Tensor> batch_norm_backward(torch::Tensor dy, torch::Tensor x, torch::Tensor y, torch::Tensor mean,
-                                               torch::Tensor invstd, torch::Tensor weight, bool relu, int64_t terms) {
+                                               torch::Tensor invstd, torch::Tensor weight, bool relu, int64_t terms,
+                                               bool residual_grad) {
   check_map(dy, "dy");
   check_map(x, "x");
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3), T = terms;
@@ -208,6 +226,10 @@ std::vector<torch::Tensor> batch_norm_backward(torch::Tensor dy, torch::Tensor x
     dbias.data_ptr<float>()[c] = static_cast<float>(sums[c * 2]);
     dweight.data_ptr<float>()[c] = static_cast<float>(sums[c * 2 + 1]);
   }
+  // the residual's gradient is dy masked by the ReLU (without a ReLU it is dy itself: the caller passes that on)
+  const bool write_residual = residual_grad && relu;
+  auto dresidual = write_residual ? torch::empty_like(dy) : torch::empty({0}, dy.options());
+  float* drp = write_residual ? dresidual.data_ptr<float>() : nullptr;
   const float* w = weight.data_ptr<float>();
   float* dp = dx.data_ptr<float>();
   at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
@@ -221,11 +243,16 @@ std::vector<torch::Tensor> batch_norm_backward(torch::Tensor dy, torch::Tensor x
         const float* q = yp + out_off;
 #pragma omp simd
         for (int64_t i = 0; i < HW; ++i) d[i] = a * ((q[i] > 0.0f ? g[i] : 0.0f) - g0 - (p[i] - m) * is * gx);
+        if (write_residual && plane % T == 0) {
+          float* __restrict__ dr = drp + out_off;
+#pragma omp simd
+          for (int64_t i = 0; i < HW; ++i) dr[i] = q[i] > 0.0f ? g[i] : 0.0f;
+        }
       } else {
 #pragma omp simd
         for (int64_t i = 0; i < HW; ++i) d[i] = a * (g[i] - g0 - (p[i] - m) * is * gx);
       }
     }
   });
-  return {dx, dweight, dbias};
+  return {dx, dweight, dbias, dresidual};
 }

@@ -9,12 +9,15 @@
 #include <vector>
 
 // (x - mean) * invstd * weight + bias per channel, with the batch's mean and biased variance, summed over each group
-// of `terms` consecutive channels into y (N, C / terms, H, W), then max(y, 0) where relu. Returns y, mean, invstd
-// (float32) and the biased variance (float64, for the running statistics).
-std::vector<torch::Tensor> batch_norm_forward(torch::Tensor x, torch::Tensor weight, torch::Tensor bias, double eps,
-                                              bool relu, int64_t terms);
+// of `terms` consecutive channels into y (N, C / terms, H, W), plus `residual` (y's shape; an empty tensor for none),
+// then max(y, 0) where relu. Returns y, mean, invstd (float32) and the biased variance (float64, for the running
+// statistics).
+std::vector<torch::Tensor> batch_norm_forward(torch::Tensor x, torch::Tensor weight, torch::Tensor bias,
+                                              torch::Tensor residual, double eps, bool relu, int64_t terms);
 
-// dx, dweight, dbias of batch_norm_forward from dy (the gradient at y); y (its output) gives the ReLU's mask where
-// relu, unused otherwise.
+// dx, dweight, dbias of batch_norm_forward from dy (the gradient at y), and the residual's gradient where
+// residual_grad and relu (an empty tensor otherwise: without the ReLU it is dy); y (its output) gives the ReLU's mask
+// where relu, unused otherwise.
 std::vector<torch::Tensor> batch_norm_backward(torch::Tensor dy, torch::Tensor x, torch::Tensor y, torch::Tensor mean,
-                                               torch::Tensor invstd, torch::Tensor weight, bool relu, int64_t terms);
+                                               torch::Tensor invstd, torch::Tensor weight, bool relu, int64_t terms,
+                                               bool residual_grad);
