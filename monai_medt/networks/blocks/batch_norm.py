@@ -25,24 +25,25 @@ __all__ = ["BatchNormFunction", "batch_norm", "update_running_stats"]
 
 class BatchNormFunction(torch.autograd.Function):
     """
-    Autograd function of the kernel's batch norm (+ term sum, + residual, + ReLU): returns the output and the batch
-    mean and biased variance (float64, not differentiable, for the running statistics). ``residual`` is None or a map
-    of the output's shape.
+    Autograd function of the kernel's batch norm (+ term sum, + residual, + ReLU). ``residual`` is None or a map of the
+    output's shape; ``running`` is None or the (running_mean, running_var, factor) that the kernel updates in place.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, residual, eps: float, relu: bool, terms: int):  # type: ignore[override]
-        y, mean, invstd, var = cpu_kernel().batch_norm_forward(
-            x, weight.contiguous(), bias.contiguous(), x.new_empty(0) if residual is None else residual, eps, relu, terms
+    def forward(ctx, x, weight, bias, residual, eps: float, relu: bool, terms: int, running):  # type: ignore[override]
+        empty = x.new_empty(0)
+        running_mean, running_var, factor = (empty, empty, 0.0) if running is None else running
+        y, mean, invstd = cpu_kernel().batch_norm_forward(
+            x, weight.contiguous(), bias.contiguous(), empty if residual is None else residual, eps, relu, terms,
+            running_mean, running_var, factor,
         )
         # the ReLU's mask comes from the output, which the next layer keeps for its own backward anyway
         ctx.save_for_backward(x, y if relu else None, mean, invstd, weight)
         ctx.relu, ctx.terms, ctx.residual = relu, terms, residual is not None
-        ctx.mark_non_differentiable(mean, var)
-        return y, mean, var
+        return y
 
     @staticmethod
-    def backward(ctx, dy, _mean, _var):  # type: ignore[override]
+    def backward(ctx, dy):  # type: ignore[override]
         x, y, mean, invstd, weight = ctx.saved_tensors
         y = x.new_empty(0) if y is None else y
         dy = dy.contiguous()
@@ -52,7 +53,7 @@ class BatchNormFunction(torch.autograd.Function):
         )
         if residual_grad and not ctx.relu:
             dresidual = dy
-        return dx, dweight, dbias, dresidual if residual_grad else None, None, None, None
+        return dx, dweight, dbias, dresidual if residual_grad else None, None, None, None, None
 
 
 def update_running_stats(
@@ -76,6 +77,11 @@ def update_running_stats(
     running_var.mul_(1.0 - factor).add_(unbiased.to(running_var.dtype) * factor)
 
 
+def _tracks(norm: nn.Module) -> bool:
+    """Whether a training-mode ``norm`` updates running statistics (as :class:`torch.nn.BatchNorm2d` decides)."""
+    return norm.track_running_stats and norm.running_mean is not None and norm.running_var is not None
+
+
 def _fused(norm: nn.Module, x: torch.Tensor, residual: torch.Tensor | None) -> bool:
     """Whether the kernel runs ``norm`` on ``x`` (and adds ``residual``): see the module docstring."""
     if type(norm) is not nn.BatchNorm2d or not norm.training or norm.weight is None or norm.bias is None:
@@ -87,6 +93,8 @@ def _fused(norm: nn.Module, x: torch.Tensor, residual: torch.Tensor | None) -> b
     ):
         return False
     if norm.weight.dtype != torch.float32 or x.numel() <= x.shape[1]:  # one value per channel: the module's error
+        return False
+    if _tracks(norm) and (norm.running_mean.dtype != torch.float32 or norm.running_var.dtype != torch.float32):
         return False
     if torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.is_autocast_enabled("cpu"):
         return False
@@ -143,9 +151,9 @@ def batch_norm(
     if term_scales is not None:  # scaling a normalised term is scaling its affine parameters
         factors = term_scales.to(weight.dtype).repeat(channels // terms)
         weight, bias = weight * factors, bias * factors
-    y, mean, var = BatchNormFunction.apply(x, weight, bias, residual, norm.eps, relu, terms)
-    if norm.track_running_stats and norm.running_mean is not None and norm.running_var is not None:
-        update_running_stats(
-            norm.running_mean, norm.running_var, norm.num_batches_tracked, norm.momentum, mean, var, x.numel() // channels
-        )
-    return y
+    running = None
+    if _tracks(norm):
+        norm.num_batches_tracked.add_(1)
+        factor = 1.0 / float(norm.num_batches_tracked.item()) if norm.momentum is None else norm.momentum
+        running = (norm.running_mean, norm.running_var, factor)
+    return BatchNormFunction.apply(x, weight, bias, residual, norm.eps, relu, terms, running)

@@ -94,7 +94,8 @@ void check_channels(const torch::Tensor& t, int64_t C, const char* name) {
 }  // namespace
 
 std::vector<torch::Tensor> batch_norm_forward(torch::Tensor x, torch::Tensor weight, torch::Tensor bias,
-                                              torch::Tensor residual, double eps, bool relu, int64_t terms) {
+                                              torch::Tensor residual, double eps, bool relu, int64_t terms,
+                                              torch::Tensor running_mean, torch::Tensor running_var, double factor) {
   check_map(x, "x");
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3), T = terms;
   TORCH_CHECK(N * HW > 0, "batch norm needs at least one value per channel");
@@ -107,8 +108,12 @@ std::vector<torch::Tensor> batch_norm_forward(torch::Tensor x, torch::Tensor wei
     check_map(residual, "residual");
     TORCH_CHECK(residual.sizes() == y.sizes(), "residual must have the output's shape");
   }
+  const bool running = running_mean.numel() > 0;
+  if (running) {
+    check_channels(running_mean, C, "running_mean");
+    check_channels(running_var, C, "running_var");
+  }
   auto mean = torch::empty({C}, x.options()), invstd = torch::empty({C}, x.options());
-  auto var = torch::empty({C}, x.options().dtype(torch::kDouble));
   const float* xp = x.data_ptr<float>();
   // float64 sums of x and x^2 (exact products of float32 values): E[x^2] - E[x]^2 keeps ~1e-16 of E[x^2]
   std::vector<double> sums(C * 2);
@@ -123,6 +128,10 @@ std::vector<torch::Tensor> batch_norm_forward(torch::Tensor x, torch::Tensor wei
         return k == 0 ? v : v * v;
       });
   const double count = static_cast<double>(N * HW);
+  // the running statistics as torch.nn.BatchNorm2d updates them: (1 - factor) old + factor new, the variance unbiased
+  const double unbias = count / std::max(count - 1.0, 1.0);
+  float* rm = running ? running_mean.data_ptr<float>() : nullptr;
+  float* rv = running ? running_var.data_ptr<float>() : nullptr;
   std::vector<float> mf(C), scale(C);
   for (int64_t c = 0; c < C; ++c) {
     const double m = sums[c * 2] / count;
@@ -130,7 +139,10 @@ std::vector<torch::Tensor> batch_norm_forward(torch::Tensor x, torch::Tensor wei
     mf[c] = static_cast<float>(m);
     invstd.data_ptr<float>()[c] = static_cast<float>(1.0 / std::sqrt(v + eps));
     scale[c] = weight.data_ptr<float>()[c] * invstd.data_ptr<float>()[c];
-    var.data_ptr<double>()[c] = v;
+    if (running) {
+      rm[c] = static_cast<float>((1.0 - factor) * rm[c] + factor * m);
+      rv[c] = static_cast<float>((1.0 - factor) * rv[c] + factor * v * unbias);
+    }
   }
   std::copy(mf.begin(), mf.end(), mean.data_ptr<float>());
   const float* b = bias.data_ptr<float>();
@@ -165,7 +177,7 @@ std::vector<torch::Tensor> batch_norm_forward(torch::Tensor x, torch::Tensor wei
       }
     }
   });
-  return {y, mean, invstd, var};
+  return {y, mean, invstd};
 }
 
 std::vector<torch::Tensor> batch_norm_backward(torch::Tensor dy, torch::Tensor x, torch::Tensor y, torch::Tensor mean,
