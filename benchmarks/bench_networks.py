@@ -4,10 +4,12 @@
 Throughput and peak memory of the MedT networks (and MONAI baselines) on the CPU or a GPU.
 
 Every (model, mode) pair runs in its own subprocess so that the peak RSS belongs to that pair alone; "above base" is
-the peak minus the RSS after importing torch and MONAI (about 420 MiB, of which MONAI's own imports are ~200 MiB)
-and building the model. A train step is
-forward + cross-entropy + backward + Adam step in train mode; eval is a no-grad forward in eval mode. Figures are the
-median over ``--repeats`` timed iterations after ``--warmup`` untimed ones.
+the peak minus the RSS before the first step: after importing torch and MONAI, loading the kernel and building the
+model, the input and (in training) the optimizer. That base depends on the environment: ``import monai`` loads every
+optional package it finds (in this project's full environment, with the bundle, tracking and DICOM extras, ~330 MiB;
+with only torch, MONAI and numpy installed, ~25 MiB), and any PyTorch optimizer imports torch._dynamo (~70 MiB).
+A train step is forward + cross-entropy + backward + Adam step in train mode; eval is a no-grad forward in eval mode.
+Figures are the median over ``--repeats`` timed iterations after ``--warmup`` untimed ones.
 
     python benchmarks/bench_networks.py                       # all MedT variants, 128x128, batch 4, 2 threads
     python benchmarks/bench_networks.py --models MedT UNet SwinUNETR --size 256 --batch 2
@@ -102,6 +104,11 @@ def run_one(args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     device = torch.device(args.device)
     net = build(args.models[0], args.size, official=args.official).to(device)
+    if args.checkpoint:
+        from monai_medt.networks.blocks.axial_block import set_checkpointing
+
+        if set_checkpointing(net, True) == 0:
+            raise ValueError(f"--checkpoint: {args.models[0]} has no axial blocks of this project.")
     if args.channels_last:
         net = net.to(memory_format=torch.channels_last)
     model = torch.compile(net) if args.compile else net
@@ -113,19 +120,6 @@ def run_one(args: argparse.Namespace) -> dict:
 
     if device.type == "cpu":
         cpu_kernel()  # build or load the fused attention kernel now, so that neither the timing nor "above base" sees it
-    base_rss = current_rss_mib()  # after importing torch/MONAI and building the model and the input
-    from torch.utils.flop_counter import FlopCounterMode
-
-    # count on the PyTorch attention path: the fused kernel does the same arithmetic but is invisible to the counter
-    kernel_setting = os.environ.get(KERNEL_ENV)
-    os.environ[KERNEL_ENV] = "0"
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        net.eval()(x[:1])
-    if kernel_setting is None:
-        del os.environ[KERNEL_ENV]
-    else:
-        os.environ[KERNEL_ENV] = kernel_setting
-    fwd_gflop = counter.get_total_flops() / 1e9  # matmuls and convolutions of one forward, per image
     amp = args.amp != "none"
     dtype = torch.bfloat16 if args.amp == "bf16" else torch.float16
     if args.mode == "train":
@@ -146,6 +140,10 @@ def run_one(args: argparse.Namespace) -> dict:
             with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=amp):
                 model(x)
 
+    # after importing torch/MONAI, loading the kernel, building the model, the input and the optimizer (whose first
+    # parameter group imports torch._dynamo, ~70 MiB, in any PyTorch training)
+    base_rss = current_rss_mib()
+
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -162,6 +160,19 @@ def run_one(args: argparse.Namespace) -> dict:
         sync()
         times.append(time.perf_counter() - t0)
     med = statistics.median(times)
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the FLOP count below
+    from torch.utils.flop_counter import FlopCounterMode
+
+    # count on the PyTorch attention path: the fused kernel does the same arithmetic but is invisible to the counter
+    kernel_setting = os.environ.get(KERNEL_ENV)
+    os.environ[KERNEL_ENV] = "0"
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        net.eval()(x[:1])
+    if kernel_setting is None:
+        del os.environ[KERNEL_ENV]
+    else:
+        os.environ[KERNEL_ENV] = kernel_setting
+    fwd_gflop = counter.get_total_flops() / 1e9  # matmuls and convolutions of one forward, per image
     result = {
         "model": args.models[0],
         "mode": args.mode,
@@ -170,7 +181,7 @@ def run_one(args: argparse.Namespace) -> dict:
         "img_per_s": args.batch / med,
         "median_s": med,
         "times_s": times,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mib": peak_rss,
         "base_rss_mib": base_rss,
         "params": sum(p.numel() for p in net.parameters()),
         "fwd_gflop_per_img": fwd_gflop,
@@ -203,6 +214,9 @@ def main() -> None:
     )
     parser.add_argument("--compile", action="store_true", help="torch.compile the network")
     parser.add_argument("--channels-last", action="store_true", help="channels_last memory format")
+    parser.add_argument(
+        "--checkpoint", action="store_true", help="activation checkpointing of the axial blocks (MedT variants only)"
+    )
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     parser.add_argument("--mode", default=None, help=argparse.SUPPRESS)  # set for the per-pair subprocess
     args = parser.parse_args()
@@ -231,7 +245,8 @@ def main() -> None:
     if args.device.startswith("cuda") and torch.cuda.is_available():
         print(f"# gpu: {torch.cuda.get_device_name(0)}, amp: {args.amp}")
     print(f"# input {args.batch}x3x{args.size}x{args.size}, median of {args.repeats} after {args.warmup} warm-up"
-          f"{', torch.compile' if args.compile else ''}{', channels_last' if args.channels_last else ''}")
+          f"{', torch.compile' if args.compile else ''}{', channels_last' if args.channels_last else ''}"
+          f"{', activation checkpointing' if args.checkpoint else ''}")
     print(
         f"{'model':<20}{'mode':<7}{'img/s':>9}{'s/iter':>9}{'peak RSS MiB':>14}{'above base':>12}{'params':>11}"
         f"{'GFLOP/img':>11}{'GFLOP/s':>9}{'% peak':>8}"
@@ -244,6 +259,7 @@ def main() -> None:
                 if getattr(args, key) is not None:
                     cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
             cmd += ["--compile"] * args.compile + ["--channels-last"] * args.channels_last
+            cmd += ["--checkpoint"] * args.checkpoint
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
                 print(f"{model:<20}{mode:<7} FAILED: {proc.stderr.strip().splitlines()[-1:]}")

@@ -346,10 +346,8 @@ def test_output_relu_is_the_relu_of_the_output(stride, train, attention_backend)
     results = []
     for output_relu in (False, True):
         torch.manual_seed(4)
-        for layer in (
-            GatedAxialAttention(8, 16, kernel_size=12, num_heads=4, axis="width", stride=stride, output_relu=output_relu),
-            AxialAttentionNoPos(8, 16, num_heads=4, axis="width", stride=stride, output_relu=output_relu),
-        ):
+        args = {"num_heads": 4, "axis": "width", "stride": stride, "output_relu": output_relu}
+        for layer in (GatedAxialAttention(8, 16, kernel_size=12, **args), AxialAttentionNoPos(8, 16, **args)):
             if not train:  # running statistics away from their initial values
                 layer.train()(torch.randn(2, 8, 10, 12) * 2.0 + 1.0)
             layer.train(train)

@@ -138,6 +138,7 @@ def test_residual_matches_module(kernel_calls, relu, terms):
     assert not r.requires_grad and y_frozen.shape == out_shape and len(kernel_calls) == 2
     eval_norm = copy.deepcopy(module_norm).eval()
     want = eval_norm(x).view(3, 8 // terms, terms, 6, 10).sum(2) + r
-    torch.testing.assert_close(batch_norm(eval_norm, x, relu, terms=terms, residual=r), torch.relu(want) if relu else want)
+    got = batch_norm(eval_norm, x, relu, terms=terms, residual=r)
+    torch.testing.assert_close(got, torch.relu(want) if relu else want)
     with pytest.raises(ValueError, match="residual's shape"):
         batch_norm(fused_norm, x, relu, terms=terms, residual=torch.randn(3, 8, 6, 5))

@@ -219,22 +219,30 @@ def test_stem_runs_channels_last_in_cpu_inference_only(monkeypatch):
 
 @pytest.mark.parametrize("cls", [MedT, GatedAxialUNet])
 def test_activation_checkpointing_gives_the_same_gradients(cls):
+    """Checkpointed blocks and stems recompute in the backward pass: same gradients, same running statistics."""
     x = torch.rand(2, 3, 64, 64)
     target = torch.randint(0, 2, (2, 64, 64))
-    grads, calls = [], []
+    grads, buffers, calls = [], [], []
     for use_checkpoint in (False, True):
         torch.manual_seed(0)
         net = cls(3, 2, img_size=64, learnable_gates=True, use_checkpoint=use_checkpoint).train()
-        count = [0]
+        count = [0, 0]
         first_block = next(m for m in net.modules() if type(m).__name__ == "AxialBlock")
         first_block.attn_h.register_forward_hook(lambda *_: count.__setitem__(0, count[0] + 1))
-        F.cross_entropy(net(x), target).backward()
+        first_stem = next(m for m in net.modules() if type(m).__name__ == "ConvStem")
+        first_stem.conv2.register_forward_hook(lambda *_: count.__setitem__(1, count[1] + 1))
+        for _ in range(2):  # the second step starts from statistics the first one updated
+            F.cross_entropy(net(x), target).backward()
         grads.append({n: p.grad for n, p in net.named_parameters() if p.grad is not None})
-        calls.append(count[0])
-    assert calls == [1, 2]  # checkpointing recomputes the block in the backward pass
+        buffers.append(dict(net.named_buffers()))
+        calls.append(count)
+    assert calls == [[2, 2], [4, 4]]  # checkpointing recomputes the block and the stem in each backward pass
     assert grads[0].keys() == grads[1].keys()
     for name in grads[0]:
         torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-5, rtol=1e-4, msg=name)
+    assert any(b.abs().sum() > 0 for n, b in buffers[0].items() if n.endswith("running_mean"))  # statistics moved
+    for name in buffers[0]:
+        torch.testing.assert_close(buffers[0][name], buffers[1][name], atol=1e-6, rtol=1e-5, msg=name)
 
 
 @pytest.mark.parametrize("cls", [MedT, AxialUNet])

@@ -21,7 +21,9 @@ from monai.networks.layers.factories import Conv, Norm
 from monai.utils import ensure_tuple_rep, look_up_option
 
 from monai_medt.networks.blocks.axial_attention import AxialAttention, AxialAttentionNoPos
+from monai_medt.networks.blocks.checkpoint import checkpoint_module
 from monai_medt.networks.blocks.conv_norm import conv_norm
+from monai_medt.networks.blocks.stem import ConvStem
 
 __all__ = ["AxialBlock", "ATTENTION_TYPES", "make_axial_stage", "set_checkpointing"]
 
@@ -48,8 +50,7 @@ class AxialBlock(nn.Module):
             Defaults to ``"before_norm"``.
         learnable_gates: whether gates get gradients from the start; only for ``"gated"``. Defaults to False.
         use_checkpoint: in training, recompute the block's activations in the backward pass instead of storing them
-            (activation checkpointing; batch-norm running statistics are then updated twice per step). Defaults to
-            False.
+            (activation checkpointing; the running statistics are still updated once per step). Defaults to False.
 
     Examples::
 
@@ -125,11 +126,9 @@ class AxialBlock(nn.Module):
 
     @torch.jit.unused
     def _checkpointed(self, x: torch.Tensor) -> torch.Tensor:
-        from torch.utils.checkpoint import checkpoint
-
         if not torch.is_grad_enabled():
             return self._forward(x)
-        return checkpoint(self._forward, x, use_reentrant=False)
+        return checkpoint_module(self._forward, self, x)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting():
@@ -202,8 +201,11 @@ def make_axial_stage(
 
 
 def set_checkpointing(network: nn.Module, enabled: bool) -> int:
-    """Switch activation checkpointing of every :class:`AxialBlock` in ``network``; returns the number of blocks."""
-    blocks = [m for m in network.modules() if isinstance(m, AxialBlock)]
-    for block in blocks:
-        block.use_checkpoint = enabled
-    return len(blocks)
+    """
+    Switch activation checkpointing of every :class:`AxialBlock` and :class:`~monai_medt.networks.blocks.ConvStem` in
+    ``network``; returns the number of modules switched.
+    """
+    modules = [m for m in network.modules() if isinstance(m, (AxialBlock, ConvStem))]
+    for module in modules:
+        module.use_checkpoint = enabled
+    return len(modules)

@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.layers.factories import Conv, Norm
 
+from monai_medt.networks.blocks.checkpoint import checkpoint_module
 from monai_medt.networks.blocks.conv_norm import conv_norm
 
 __all__ = ["ConvStem"]
@@ -31,6 +32,8 @@ class ConvStem(nn.Module):
         in_channels: number of input channels.
         out_channels: number of output channels (8 in the global branches, 64 in MedT's local branch).
         hidden_channels: channels of the middle conv. Defaults to 128.
+        use_checkpoint: in training, recompute the layers' activations in the backward pass instead of storing them
+            (activation checkpointing; the running statistics are still updated once per step). Defaults to False.
 
     Examples::
 
@@ -38,8 +41,11 @@ class ConvStem(nn.Module):
         torch.Size([1, 8, 64, 64])
     """
 
-    def __init__(self, in_channels: int, out_channels: int, hidden_channels: int = 128) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, hidden_channels: int = 128, use_checkpoint: bool = False
+    ) -> None:
         super().__init__()
+        self.use_checkpoint = use_checkpoint
         conv = Conv[Conv.CONV, 2]
         norm = Norm[Norm.BATCH, 2]
         self.conv1 = conv(in_channels, out_channels, kernel_size=7, stride=2, padding=3, bias=False)
@@ -50,6 +56,8 @@ class ConvStem(nn.Module):
         self.norm3 = norm(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.use_checkpoint and self.training and torch.is_grad_enabled() and not torch.jit.is_scripting():
+            return self._checkpointed(x)
         if x.device.type != "cpu" or torch.is_grad_enabled():
             return self.layers(x)
         # inference on the CPU: oneDNN runs these convs' forward on channels-last tensors without reordering them into
@@ -57,6 +65,10 @@ class ConvStem(nn.Module):
         # training keeps the layout. The output stays channels-last: the layers after it keep that layout (the
         # attention kernel reads and writes through strides; 1x1 and 3x3 convs run faster on it).
         return self.layers(x.contiguous(memory_format=torch.channels_last))
+
+    @torch.jit.unused
+    def _checkpointed(self, x: torch.Tensor) -> torch.Tensor:
+        return checkpoint_module(self.layers, self, x)
 
     def layers(self, x: torch.Tensor) -> torch.Tensor:
         """The three conv-BN-ReLU layers, in the memory format of ``x``."""

@@ -56,8 +56,9 @@ class AxialUNet(nn.Module):
         learnable_gates: whether gates receive gradients from the first step. The official recipe freezes them for 10
             epochs (:func:`monai_medt.networks.set_gates_trainable`). Defaults to False.
         dropout: dropout rate before the output conv (0 disables it). Defaults to 0.0.
-        use_checkpoint: recompute each axial block's activations in the backward pass instead of storing them
-            (activation checkpointing, for large inputs). Defaults to False.
+        use_checkpoint: recompute the activations of each axial block and conv stem in the backward pass instead of
+            storing them (activation checkpointing, for large inputs or little memory; the running statistics are
+            still updated once per step). Defaults to False.
 
     Raises:
         ValueError: when an argument is out of range or the sizes do not divide.
@@ -157,7 +158,7 @@ class GatedAxialUNet(AxialUNet):
         gate_position: ``"before_norm"`` (official code) or ``"after_norm"`` (paper). Defaults to ``"before_norm"``.
         learnable_gates: whether gates receive gradients from the first step. Defaults to False.
         dropout: dropout rate before the output conv. Defaults to 0.0.
-        use_checkpoint: activation checkpointing of the axial blocks in training. Defaults to False.
+        use_checkpoint: activation checkpointing of the axial blocks and conv stems in training. Defaults to False.
 
     Examples::
 

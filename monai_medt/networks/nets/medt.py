@@ -77,8 +77,9 @@ class MedT(nn.Module):
         fusion_conv: apply the official 3x3 conv + ReLU after adding the branches; False gives the paper's
             "add, then 1x1 conv". Defaults to True.
         dropout: dropout rate before the output conv (0 disables it). Defaults to 0.0.
-        use_checkpoint: recompute each axial block's activations in the backward pass instead of storing them
-            (activation checkpointing, for large inputs). Defaults to False.
+        use_checkpoint: recompute the activations of each axial block and conv stem in the backward pass instead of
+            storing them (activation checkpointing, for large inputs or little memory; the running statistics are
+            still updated once per step). Defaults to False.
 
     Raises:
         ValueError: when an argument is out of range or the sizes do not divide.
@@ -257,7 +258,7 @@ class LoGo(MedT):
         head_channels: channels of the branch outputs and fusion conv. Defaults to 16.
         fusion_conv: apply the 3x3 conv + ReLU after adding the branches. Defaults to True.
         dropout: dropout rate before the output conv. Defaults to 0.0.
-        use_checkpoint: activation checkpointing of the axial blocks in training. Defaults to False.
+        use_checkpoint: activation checkpointing of the axial blocks and conv stems in training. Defaults to False.
 
     Examples::
 
