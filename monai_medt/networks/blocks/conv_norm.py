@@ -36,10 +36,10 @@ def conv_norm(
     conv: nn.Conv2d, norm: nn.BatchNorm2d, x: torch.Tensor, relu: bool = False, residual: torch.Tensor | None = None
 ) -> torch.Tensor:
     """
-    ``norm(conv(x))``, plus ``residual`` where given, followed by a ReLU where ``relu``. Where the norm uses its running statistics (eval mode) it is
-    an affine map per channel, so it is folded into the convolution's weight and bias: one pass over the output
-    instead of two. The folded weights are computed on every call (a few thousand values), so they always follow the
-    current parameters. In training the norm (and ReLU) run as
+    ``norm(conv(x))``, plus ``residual`` where given, followed by a ReLU where ``relu``. Where the norm uses its
+    running statistics (eval mode) it is an affine map per channel, so it is folded into the convolution's weight and
+    bias: one pass over the output instead of two. The folded weights are computed on every call (a few thousand
+    values), so they always follow the current parameters. In training the norm (with the residual and ReLU) runs as
     :func:`~monai_medt.networks.blocks.batch_norm.batch_norm`.
 
     Args:
