@@ -108,7 +108,7 @@ def run_one(args: argparse.Namespace) -> dict:
         from monai_medt.networks.blocks.axial_block import set_checkpointing
 
         if set_checkpointing(net, True) == 0:
-            raise ValueError(f"--checkpoint: {args.models[0]} has no axial blocks of this project.")
+            raise ValueError(f"--checkpoint: {args.models[0]} has no axial blocks or conv stems of this project.")
     if args.channels_last:
         net = net.to(memory_format=torch.channels_last)
     model = torch.compile(net) if args.compile else net
@@ -144,7 +144,8 @@ def run_one(args: argparse.Namespace) -> dict:
     # parameter group imports torch._dynamo, ~70 MiB, in any PyTorch training)
     base_rss = current_rss_mib()
     # the FLOP count's forward also leaves glibc's malloc with raised mmap/trim thresholds, as every earlier table had
-    # it before the timing: without it the timed steps meet more page faults (MedT eval ~15 % slower, both codes)
+    # it before the timing: without it the timed steps meet more page faults (MedT eval read ~15 % slower, for the
+    # code of that commit and the one before alike)
     from torch.utils.flop_counter import FlopCounterMode
 
     # count on the PyTorch attention path: the fused kernel does the same arithmetic but is invisible to the counter
@@ -217,7 +218,7 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the network")
     parser.add_argument("--channels-last", action="store_true", help="channels_last memory format")
     parser.add_argument(
-        "--checkpoint", action="store_true", help="activation checkpointing of the axial blocks (MedT variants only)"
+        "--checkpoint", action="store_true", help="activation checkpointing of the axial blocks and conv stems"
     )
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     parser.add_argument("--mode", default=None, help=argparse.SUPPRESS)  # set for the per-pair subprocess
