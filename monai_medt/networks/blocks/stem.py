@@ -86,8 +86,6 @@ class ConvStem(nn.Module):
         """
         if not self.training or x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
             return False
-        if torch.jit.is_tracing() or torch.compiler.is_compiling():  # these keep the PyTorch batch norm: no gain
-            return False
         return torch.backends.cpu.get_cpu_capability() == "AVX512" and cpu_kernel() is not None
 
     @torch.jit.unused
