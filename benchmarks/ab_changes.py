@@ -47,9 +47,6 @@ see the same machine state: on a shared host, runs minutes apart differ by more 
 - ``block-fusion``: in the axial blocks, the shortcut added and the ReLU applied in the pass of the last batch norm
   (the shortcut's own norm through the kernel too), and the width attention's ReLU in its output norm's pass (stride
   1), against the conv-norm pairs with a separate addition and ReLUs; timed on train steps.
-- ``channels-last-train-stem``: on AVX-512 CPUs, the conv stems' training passes on channels-last maps (batch norms
-  through the kernel's channels-last loops, the output copied back to the contiguous layout) against the contiguous
-  layout; timed on train steps.
 
 ``eval-fusion``, ``inference-kernel``, ``direct-projection`` and ``direct-output`` switch ``map-kernel`` off on both
 sides when they time eval forwards: the map-to-map kernel replaces the paths they compare. For the same reason
@@ -71,7 +68,6 @@ sides when they time train steps.
     python benchmarks/ab_changes.py --change map-training --model MedT --threads 2 --rounds 6
     python benchmarks/ab_changes.py --change fused-batch-norm --model MedT --threads 2 --rounds 6
     python benchmarks/ab_changes.py --change block-fusion --model MedT --threads 2 --rounds 6
-    python benchmarks/ab_changes.py --change channels-last-train-stem --model MedT --threads 2 --rounds 6
 """
 
 from __future__ import annotations
@@ -166,7 +162,7 @@ def switch(change: str) -> Callable[[bool], None]:
         fused = batch_norm._fused
 
         def use(on: bool) -> None:
-            batch_norm._fused = fused if on else (lambda norm, x, residual, terms=1: False)
+            batch_norm._fused = fused if on else (lambda norm, x, residual: False)
 
     elif change == "block-fusion":
         fused_block = axial_block.AxialBlock._folded_forward
@@ -181,12 +177,6 @@ def switch(change: str) -> Callable[[bool], None]:
 
         def use(on: bool) -> None:
             axial_block.AxialBlock._folded_forward = fused_block if on else separate
-
-    elif change == "channels-last-train-stem":
-        channels_last_training = stem.ConvStem._channels_last_training
-
-        def use(on: bool) -> None:
-            stem.ConvStem._channels_last_training = channels_last_training if on else (lambda self, x: False)
 
     elif change == "map-training":
         train_map_kernel = axial_attention._AxialAttentionBase._train_map_kernel
@@ -253,7 +243,7 @@ def main() -> None:
     changes = [
         "eval-fusion", "logit-moments", "channels-last-stem", "inference-kernel", "conv-norm-fold", "direct-projection",
         "direct-output", "map-kernel", "channels-last-eval", "avx512-build", "moments-kernel", "channels-last-upsample",
-        "map-training", "fused-batch-norm", "block-fusion", "channels-last-train-stem",
+        "map-training", "fused-batch-norm", "block-fusion",
     ]
     parser.add_argument("--change", default="eval-fusion", choices=changes)
     parser.add_argument("--model", default="MedT", choices=["MedT", "LoGo", "GatedAxialUNet", "AxialUNet"])
@@ -266,10 +256,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    train_changes = (
-        "logit-moments", "moments-kernel", "map-training", "fused-batch-norm", "block-fusion",
-        "channels-last-train-stem",
-    )
+    train_changes = ("logit-moments", "moments-kernel", "map-training", "fused-batch-norm", "block-fusion")
     train = args.change in train_changes or args.train
     net = getattr(nets, args.model)(in_channels=3, out_channels=2, img_size=args.size).train(train)
     optimizer = torch.optim.Adam(net.parameters(), 1e-3)

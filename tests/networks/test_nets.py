@@ -12,7 +12,6 @@ from monai_medt.networks import gate_values, set_gates_trainable
 from monai_medt.networks.blocks import stem as stem_module
 from monai_medt.networks.blocks.axial_attention import GatedAxialAttention
 from monai_medt.networks.blocks.conv_norm import conv_norm
-from monai_medt.networks.blocks.cpu_kernel import cpu_kernel
 from monai_medt.networks.blocks.stem import ConvStem
 from monai_medt.networks.nets import AxialUNet, GatedAxialUNet, LoGo, MedT
 
@@ -216,30 +215,6 @@ def test_stem_runs_channels_last_in_cpu_inference_only(monkeypatch):
     assert torch.allclose(out, expected, atol=1e-6)
     out = stem(x)  # with gradients: the caller's layout throughout
     assert seen[-1] and out.is_contiguous() and torch.allclose(out, expected, atol=1e-6)
-
-
-def test_stem_trains_channels_last_on_avx512(monkeypatch):
-    """With the kernel on AVX-512 CPUs the stem trains channels-last: same outputs, gradients and statistics."""
-    if cpu_kernel() is None:
-        pytest.skip("the fused CPU kernel is disabled or did not build")
-    x = torch.rand(2, 3, 32, 32)
-    results = []
-    for capability in ("AVX2", "AVX512"):  # the layout choice only: both builds compute the same on either
-        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda capability=capability: capability)
-        torch.manual_seed(0)
-        stem = ConvStem(3, 16, 32).train()
-        seen = []
-        stem.conv2.register_forward_hook(lambda module, inputs, out: seen.append(out.is_contiguous()))
-        x_grad = x.clone().requires_grad_()
-        out = stem(x_grad)
-        out.backward(torch.linspace(-1.0, 1.0, out.numel()).view_as(out))
-        assert out.is_contiguous()  # the blocks after the stem train on the contiguous layout
-        grads = [x_grad.grad] + [p.grad for p in stem.parameters()]
-        results.append((seen, out, grads, [b.clone() for b in stem.buffers()]))
-    assert results[0][0] == [True] and results[1][0] == [False]  # conv2's output: contiguous, then channels-last
-    torch.testing.assert_close(results[0][1], results[1][1], atol=1e-5, rtol=1e-5)
-    for nchw, channels_last in zip(results[0][2] + results[0][3], results[1][2] + results[1][3]):
-        torch.testing.assert_close(nchw, channels_last, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("cls", [MedT, GatedAxialUNet])

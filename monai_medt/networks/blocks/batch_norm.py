@@ -7,8 +7,7 @@ PyTorch's CPU batch norm of contiguous (N, C, H, W) maps computes the batch stat
 and is ~3x slower than its channels-last kernel; the ReLU after it costs another pass each way. Here the statistics
 are one pass of float64 sums, normalisation and ReLU one pass, and the backward two (the ReLU's mask read from the
 saved output). The axial attention's output norm also sums its two normalised terms per channel in the same pass, and
-the axial block's last norm adds the shortcut before its ReLU. Channels-last maps (the conv stems' layout in training)
-run through the kernel too, without term sums, and keep their layout.
+the axial block's last norm adds the shortcut before its ReLU.
 The module's running statistics are updated as :class:`torch.nn.BatchNorm2d` updates them. Everywhere else (other
 devices, dtypes or layouts, eval mode, autocast, tracing, compilation, no kernel) the module itself runs.
 """
@@ -40,7 +39,6 @@ class BatchNormFunction(torch.autograd.Function):
         )
         # the ReLU's mask comes from the output, which the next layer keeps for its own backward anyway
         ctx.save_for_backward(x, y if relu else None, mean, invstd, weight)
-        ctx.memory_format = torch.channels_last if _channels_last(x) else torch.contiguous_format
         ctx.relu, ctx.terms, ctx.residual = relu, terms, residual is not None
         return y
 
@@ -48,7 +46,7 @@ class BatchNormFunction(torch.autograd.Function):
     def backward(ctx, dy):  # type: ignore[override]
         x, y, mean, invstd, weight = ctx.saved_tensors
         y = x.new_empty(0) if y is None else y
-        dy = dy.contiguous(memory_format=ctx.memory_format)
+        dy = dy.contiguous()
         residual_grad = ctx.residual and ctx.needs_input_grad[3]
         dx, dweight, dbias, dresidual = cpu_kernel().batch_norm_backward(
             dy, x, y, mean, invstd, weight.contiguous(), ctx.relu, ctx.terms, residual_grad
@@ -84,24 +82,14 @@ def _tracks(norm: nn.Module) -> bool:
     return norm.track_running_stats and norm.running_mean is not None and norm.running_var is not None
 
 
-def _channels_last(x: torch.Tensor) -> bool:
-    """Whether the kernel reads ``x`` (4D) as channels-last: in that layout and not also contiguous."""
-    return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-
-
-def _fused(norm: nn.Module, x: torch.Tensor, residual: torch.Tensor | None, terms: int = 1) -> bool:
+def _fused(norm: nn.Module, x: torch.Tensor, residual: torch.Tensor | None) -> bool:
     """Whether the kernel runs ``norm`` on ``x`` (and adds ``residual``): see the module docstring."""
     if type(norm) is not nn.BatchNorm2d or not norm.training or norm.weight is None or norm.bias is None:
         return False
-    if x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 4:
-        return False
-    layout = torch.channels_last if _channels_last(x) else torch.contiguous_format
-    if not x.is_contiguous(memory_format=layout) or (layout == torch.channels_last and terms > 1):
+    if x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 4 or not x.is_contiguous():
         return False
     if residual is not None and (
-        residual.device.type != "cpu"
-        or residual.dtype != torch.float32
-        or not residual.is_contiguous(memory_format=layout)
+        residual.device.type != "cpu" or residual.dtype != torch.float32 or not residual.is_contiguous()
     ):
         return False
     if norm.weight.dtype != torch.float32 or x.numel() <= x.shape[1]:  # one value per channel: the module's error
@@ -149,7 +137,7 @@ def batch_norm(
         raise ValueError(
             f"the residual's shape {tuple(residual.shape)} differs from the output's {(n, channels // terms, h, w)}."
         )
-    if not _fused(norm, x, residual, terms):
+    if not _fused(norm, x, residual):
         y = norm(x)
         if terms > 1 or term_scales is not None:
             y = y.view(n, channels // terms, terms, h, w)

@@ -19,7 +19,6 @@ from monai.networks.layers.factories import Conv, Norm
 
 from monai_medt.networks.blocks.checkpoint import checkpoint_module
 from monai_medt.networks.blocks.conv_norm import conv_norm
-from monai_medt.networks.blocks.cpu_kernel import cpu_kernel
 
 __all__ = ["ConvStem"]
 
@@ -57,41 +56,19 @@ class ConvStem(nn.Module):
         self.norm3 = norm(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled():
-            # nested: TorchScript drops a branch only when its condition is is_scripting() alone
-            if not torch.jit.is_scripting():
-                return self._forward_with_grad(x)
-            return self.layers(x)
-        if x.device.type != "cpu":
+        if self.use_checkpoint and self.training and torch.is_grad_enabled() and not torch.jit.is_scripting():
+            return self._checkpointed(x)
+        if x.device.type != "cpu" or torch.is_grad_enabled():
             return self.layers(x)
         # inference on the CPU: oneDNN runs these convs' forward on channels-last tensors without reordering them into
-        # its blocked layout and back (MedT's local 64->128->64 convs ~25 % faster). The output stays channels-last:
-        # the layers after it keep that layout (the attention kernel reads and writes through strides; 1x1 and 3x3
-        # convs run faster on it).
+        # its blocked layout and back (MedT's local 64->128->64 convs ~25 % faster); their backward gains nothing, so
+        # training keeps the layout. The output stays channels-last: the layers after it keep that layout (the
+        # attention kernel reads and writes through strides; 1x1 and 3x3 convs run faster on it).
         return self.layers(x.contiguous(memory_format=torch.channels_last))
 
     @torch.jit.unused
-    def _forward_with_grad(self, x: torch.Tensor) -> torch.Tensor:
-        layers = self._channels_last_layers if self._channels_last_training(x) else self.layers
-        if self.use_checkpoint and self.training:
-            return checkpoint_module(layers, self, x)
-        return layers(x)
-
-    @torch.jit.unused
-    def _channels_last_training(self, x: torch.Tensor) -> bool:
-        """
-        Whether CPU training runs the layers channels-last: with the fused batch norm, which keeps that layout, and on
-        AVX-512 CPUs, where oneDNN's backward of these convs is faster on it too (MedT's local 64->128->64 convs ~20 %
-        in a train step on a Zen 5 CPU; on the AVX2 CPU measured before, the backward gained nothing).
-        """
-        if not self.training or x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
-            return False
-        return torch.backends.cpu.get_cpu_capability() == "AVX512" and cpu_kernel() is not None
-
-    @torch.jit.unused
-    def _channels_last_layers(self, x: torch.Tensor) -> torch.Tensor:
-        # the output goes back to the contiguous layout: the attention kernels' training passes run faster on it
-        return self.layers(x.contiguous(memory_format=torch.channels_last)).contiguous()
+    def _checkpointed(self, x: torch.Tensor) -> torch.Tensor:
+        return checkpoint_module(self.layers, self, x)
 
     def layers(self, x: torch.Tensor) -> torch.Tensor:
         """The three conv-BN-ReLU layers, in the memory format of ``x``."""

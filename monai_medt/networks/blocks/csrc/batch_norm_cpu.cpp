@@ -3,8 +3,7 @@
 //
 // Training-mode batch norm of contiguous (N, C, H, W) float32 maps, with an optional ReLU fused in, optionally the
 // sum of each group of T consecutive normalised channels (the axial attention's output terms) and optionally a
-// residual map added before the ReLU (the axial block's shortcut) (batch_norm.py). Channels-last maps (the conv
-// stems' layout in training) take a second set of loops over (N H W, C) rows, without the term sums.
+// residual map added before the ReLU (the axial block's shortcut) (batch_norm.py).
 // PyTorch's CPU kernel for this layout runs a Welford pass per channel and a separate transform, and the ReLU after
 // it another pass each way. Here every pass streams through the map in memory order (plane by plane; a channel's
 // planes lie C H W floats apart, so walking a channel at a time meets short strided runs): the statistics are one pass
@@ -81,90 +80,9 @@ void channel_sums(int64_t N, int64_t C, int64_t HW, double* sums, Term8 term8, T
   }
 }
 
-// Whether x is channels-last and not also contiguous (a map of one channel or one position is both: the plane loops
-// take it).
-bool is_channels_last(const torch::Tensor& x) {
-  return x.dim() == 4 && !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
-}
-
-void check_map(const torch::Tensor& t, const char* name, bool channels_last = false) {
-  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == torch::kFloat && t.dim() == 4 &&
-                  t.is_contiguous(channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous),
-              name, " must be a float32 (N, C, H, W) CPU tensor, ", channels_last ? "channels-last" : "contiguous",
-              " as x");
-}
-
-// Sets sums[c * 2 + k], k < 2, per channel c, to the float64 sums over the M rows of a channels-last map (row m: the C
-// values of one position) of term(k, m, c) (evaluated on channels c..c+7 as d8, or on channel c as double). The rows
-// are split over the threads, each with its own partial sums (a cache line apart: they are written on every block).
-// Each block of rows (a few KiB, in L1) is walked once per tile of 32 channels, whose sums collect in registers, so
-// that the partial sums are read and written once per block and tile.
-template <typename Term8, typename Term1>
-void row_sums(int64_t M, int64_t C, double* sums, Term8 term8, Term1 term1) {
-  constexpr int64_t kBlock = 16;
-  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), M));
-  const int64_t stride = (C * 2 + 7) / 8 * 8 + 8;
-  std::vector<double> partial(chunks * stride, 0.0);
-  at::parallel_for(0, chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
-    for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
-      double* s0 = partial.data() + chunk * stride;
-      double* s1 = s0 + C;
-      auto add = [&](int64_t c, d8 a, d8 b) MEDT_BN_INLINE {
-        for (int i = 0; i < 8; ++i) {
-          s0[c + i] += a[i];
-          s1[c + i] += b[i];
-        }
-      };
-      const int64_t end = M * (chunk + 1) / chunks;
-      for (int64_t m0 = M * chunk / chunks; m0 < end; m0 += kBlock) {
-        const int64_t m1 = std::min(m0 + kBlock, end);
-        int64_t c = 0;
-        for (; c + 32 <= C; c += 32) {
-          d8 a0 = d8{}, a1 = d8{}, a2 = d8{}, a3 = d8{}, b0 = d8{}, b1 = d8{}, b2 = d8{}, b3 = d8{};
-          for (int64_t m = m0; m < m1; ++m) {
-            a0 += term8(0, m, c);
-            b0 += term8(1, m, c);
-            a1 += term8(0, m, c + 8);
-            b1 += term8(1, m, c + 8);
-            a2 += term8(0, m, c + 16);
-            b2 += term8(1, m, c + 16);
-            a3 += term8(0, m, c + 24);
-            b3 += term8(1, m, c + 24);
-          }
-          add(c, a0, b0);
-          add(c + 8, a1, b1);
-          add(c + 16, a2, b2);
-          add(c + 24, a3, b3);
-        }
-        for (; c + 8 <= C; c += 8) {
-          d8 a = d8{}, b = d8{};
-          for (int64_t m = m0; m < m1; ++m) {
-            a += term8(0, m, c);
-            b += term8(1, m, c);
-          }
-          add(c, a, b);
-        }
-        for (; c < C; ++c) {
-          double a = 0.0, b = 0.0;
-          for (int64_t m = m0; m < m1; ++m) {
-            a += term1(0, m, c);
-            b += term1(1, m, c);
-          }
-          s0[c] += a;
-          s1[c] += b;
-        }
-      }
-    }
-  });
-  for (int64_t c = 0; c < C; ++c) {
-    double a = 0.0, b = 0.0;
-    for (int64_t chunk = 0; chunk < chunks; ++chunk) {
-      a += partial[chunk * stride + c];
-      b += partial[chunk * stride + C + c];
-    }
-    sums[c * 2] = a;
-    sums[c * 2 + 1] = b;
-  }
+void check_map(const torch::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == torch::kFloat && t.dim() == 4 && t.is_contiguous(), name,
+              " must be a contiguous float32 (N, C, H, W) CPU tensor");
 }
 
 void check_channels(const torch::Tensor& t, int64_t C, const char* name) {
@@ -178,19 +96,16 @@ void check_channels(const torch::Tensor& t, int64_t C, const char* name) {
 std::vector<torch::Tensor> batch_norm_forward(torch::Tensor x, torch::Tensor weight, torch::Tensor bias,
                                               torch::Tensor residual, double eps, bool relu, int64_t terms,
                                               torch::Tensor running_mean, torch::Tensor running_var, double factor) {
-  const bool cl = is_channels_last(x);
-  check_map(x, "x", cl);
+  check_map(x, "x");
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3), T = terms;
   TORCH_CHECK(N * HW > 0, "batch norm needs at least one value per channel");
   TORCH_CHECK(T >= 1 && C % T == 0, "the channels (", C, ") must be a multiple of terms (", T, ")");
-  TORCH_CHECK(!cl || T == 1, "channels-last maps take no term sums");
   check_channels(weight, C, "weight");
   check_channels(bias, C, "bias");
-  auto y = torch::empty({N, C / T, x.size(2), x.size(3)},
-                        x.options().memory_format(cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous));
+  auto y = torch::empty({N, C / T, x.size(2), x.size(3)}, x.options());
   const bool has_residual = residual.numel() > 0;
   if (has_residual) {
-    check_map(residual, "residual", cl);
+    check_map(residual, "residual");
     TORCH_CHECK(residual.sizes() == y.sizes(), "residual must have the output's shape");
   }
   const bool running = running_mean.numel() > 0;
@@ -202,29 +117,16 @@ std::vector<torch::Tensor> batch_norm_forward(torch::Tensor x, torch::Tensor wei
   const float* xp = x.data_ptr<float>();
   // float64 sums of x and x^2 (exact products of float32 values): E[x^2] - E[x]^2 keeps ~1e-16 of E[x^2]
   std::vector<double> sums(C * 2);
-  if (cl) {
-    row_sums(
-        N * HW, C, sums.data(),
-        [&](int k, int64_t m, int64_t c) MEDT_BN_INLINE {
-          const d8 v = load_d8(xp + m * C + c);
-          return k == 0 ? v : v * v;
-        },
-        [&](int k, int64_t m, int64_t c) MEDT_BN_INLINE {
-          const double v = xp[m * C + c];
-          return k == 0 ? v : v * v;
-        });
-  } else {
-    channel_sums(
-        N, C, HW, sums.data(),
-        [&](int k, int64_t, int64_t off, int64_t i) MEDT_BN_INLINE {
-          const d8 v = load_d8(xp + off + i);
-          return k == 0 ? v : v * v;
-        },
-        [&](int k, int64_t, int64_t off, int64_t i) MEDT_BN_INLINE {
-          const double v = xp[off + i];
-          return k == 0 ? v : v * v;
-        });
-  }
+  channel_sums(
+      N, C, HW, sums.data(),
+      [&](int k, int64_t, int64_t off, int64_t i) MEDT_BN_INLINE {
+        const d8 v = load_d8(xp + off + i);
+        return k == 0 ? v : v * v;
+      },
+      [&](int k, int64_t, int64_t off, int64_t i) MEDT_BN_INLINE {
+        const double v = xp[off + i];
+        return k == 0 ? v : v * v;
+      });
   const double count = static_cast<double>(N * HW);
   // the running statistics as torch.nn.BatchNorm2d updates them: (1 - factor) old + factor new, the variance unbiased
   const double unbias = count / std::max(count - 1.0, 1.0);
@@ -246,28 +148,6 @@ std::vector<torch::Tensor> batch_norm_forward(torch::Tensor x, torch::Tensor wei
   const float* b = bias.data_ptr<float>();
   float* yp = y.data_ptr<float>();
   const float* rp = has_residual ? residual.data_ptr<float>() : nullptr;
-  if (cl) {  // per row of C channels: normalisation, residual, ReLU
-    at::parallel_for(0, N * HW, 256, [&](int64_t begin, int64_t end) {
-      // locals, not captures: the stores below cannot alias them, so they stay in registers
-      const float floor = relu ? 0.0f : -INFINITY;
-      const float* __restrict__ mfp = mf.data();
-      const float* __restrict__ sp = scale.data();
-      const float* __restrict__ bp = b;
-      for (int64_t row = begin; row < end; ++row) {
-        const float* __restrict__ p = xp + row * C;
-        float* __restrict__ q = yp + row * C;
-        if (rp != nullptr) {
-          const float* __restrict__ r = rp + row * C;
-#pragma omp simd
-          for (int64_t c = 0; c < C; ++c) q[c] = std::max(((p[c] - mfp[c]) * sp[c] + bp[c]) + r[c], floor);
-        } else {
-#pragma omp simd
-          for (int64_t c = 0; c < C; ++c) q[c] = std::max((p[c] - mfp[c]) * sp[c] + bp[c], floor);
-        }
-      }
-    });
-    return {y, mean, invstd};
-  }
   // per output plane: the sum of its T normalised input planes, then the residual, then the ReLU
   at::parallel_for(0, N * C / T, 1, [&](int64_t begin, int64_t end) {
     for (int64_t out_plane = begin; out_plane < end; ++out_plane) {
@@ -303,16 +183,14 @@ std::vector<torch::Tensor> batch_norm_forward(torch::Tensor x, torch::Tensor wei
 std::vector<torch::Tensor> batch_norm_backward(torch::Tensor dy, torch::Tensor x, torch::Tensor y, torch::Tensor mean,
                                                torch::Tensor invstd, torch::Tensor weight, bool relu, int64_t terms,
                                                bool residual_grad) {
-  const bool cl = is_channels_last(x);
-  check_map(dy, "dy", cl);
-  check_map(x, "x", cl);
+  check_map(dy, "dy");
+  check_map(x, "x");
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3), T = terms;
   TORCH_CHECK(T >= 1 && C % T == 0, "the channels (", C, ") must be a multiple of terms (", T, ")");
-  TORCH_CHECK(!cl || T == 1, "channels-last maps take no term sums");
   const std::vector<int64_t> out_shape = {N, C / T, x.size(2), x.size(3)};
   TORCH_CHECK(dy.sizes() == out_shape, "dy must have the output's shape");
   if (relu) {
-    check_map(y, "y", cl);
+    check_map(y, "y");
     TORCH_CHECK(y.sizes() == out_shape, "y must have the output's shape");
   }
   check_channels(mean, C, "mean");
@@ -335,40 +213,21 @@ std::vector<torch::Tensor> batch_norm_backward(torch::Tensor dy, torch::Tensor x
   auto grad1 = [&](int64_t at) { return !relu || yp[at] > 0.0f ? gp[at] : 0.0f; };
   // sums per channel of g and of g x_hat, x_hat = (x - mean) invstd
   std::vector<double> sums(C * 2);
-  if (cl) {
-    // grad8 and grad1 read channel-last positions alike: the output has x's layout and T is 1
-    row_sums(
-        N * HW, C, sums.data(),
-        [&](int k, int64_t m, int64_t c) MEDT_BN_INLINE {
-          const d8 g = __builtin_convertvector(grad8(m * C + c), d8);
-          if (k == 0) return g;
-          f8 p, mean8, invstd8;
-          std::memcpy(&p, xp + m * C + c, sizeof(p));
-          std::memcpy(&mean8, mp + c, sizeof(mean8));
-          std::memcpy(&invstd8, ip + c, sizeof(invstd8));
-          return g * __builtin_convertvector((p - mean8) * invstd8, d8);
-        },
-        [&](int k, int64_t m, int64_t c) MEDT_BN_INLINE {
-          const double g = grad1(m * C + c);
-          return k == 0 ? g : g * ((xp[m * C + c] - mp[c]) * ip[c]);
-        });
-  } else {
-    channel_sums(
-        N, C, HW, sums.data(),
-        [&](int k, int64_t plane, int64_t off, int64_t i) MEDT_BN_INLINE {
-          const d8 g = __builtin_convertvector(grad8(plane / T * HW + i), d8);
-          if (k == 0) return g;
-          const int64_t c = plane % C;
-          f8 p;
-          std::memcpy(&p, xp + off + i, sizeof(p));
-          return g * __builtin_convertvector((p - mp[c]) * ip[c], d8);
-        },
-        [&](int k, int64_t plane, int64_t off, int64_t i) MEDT_BN_INLINE {
-          const double g = grad1(plane / T * HW + i);
-          const int64_t c = plane % C;
-          return k == 0 ? g : g * ((xp[off + i] - mp[c]) * ip[c]);
-        });
-  }
+  channel_sums(
+      N, C, HW, sums.data(),
+      [&](int k, int64_t plane, int64_t off, int64_t i) MEDT_BN_INLINE {
+        const d8 g = __builtin_convertvector(grad8(plane / T * HW + i), d8);
+        if (k == 0) return g;
+        const int64_t c = plane % C;
+        f8 p;
+        std::memcpy(&p, xp + off + i, sizeof(p));
+        return g * __builtin_convertvector((p - mp[c]) * ip[c], d8);
+      },
+      [&](int k, int64_t plane, int64_t off, int64_t i) MEDT_BN_INLINE {
+        const double g = grad1(plane / T * HW + i);
+        const int64_t c = plane % C;
+        return k == 0 ? g : g * ((xp[off + i] - mp[c]) * ip[c]);
+      });
   auto dx = torch::empty_like(x);
   auto dweight = torch::empty({C}, x.options()), dbias = torch::empty({C}, x.options());
   const double count = static_cast<double>(N * HW);
@@ -385,53 +244,6 @@ std::vector<torch::Tensor> batch_norm_backward(torch::Tensor dy, torch::Tensor x
   float* drp = write_residual ? dresidual.data_ptr<float>() : nullptr;
   const float* w = weight.data_ptr<float>();
   float* dp = dx.data_ptr<float>();
-  if (cl) {
-    std::vector<float> a(C);
-    for (int64_t c = 0; c < C; ++c) a[c] = w[c] * ip[c];
-    at::parallel_for(0, N * HW, 256, [&](int64_t begin, int64_t end) {
-      // locals, not captures: the stores below cannot alias them, so they stay in registers
-      const bool with_relu = relu, with_residual = write_residual;
-      const float* __restrict__ ap = a.data();
-      const float* __restrict__ g0 = mg.data();
-      const float* __restrict__ gx = mgx.data();
-      const float* __restrict__ mp = mean.data_ptr<float>();
-      const float* __restrict__ ip = invstd.data_ptr<float>();
-      for (int64_t row = begin; row < end; ++row) {
-        const float* __restrict__ g = gp + row * C;
-        const float* __restrict__ p = xp + row * C;
-        float* __restrict__ d = dp + row * C;
-        if (with_relu) {
-          const float* __restrict__ q = yp + row * C;
-          // explicit vectors: GCC's vectorisation of the masked select kept a loop-carried spill on the stack
-          int64_t c = 0;
-          for (; c + 8 <= C; c += 8) {
-            f8 gv, qv, pv, av, g0v, mv, iv, gxv;
-            std::memcpy(&gv, g + c, sizeof(gv));
-            std::memcpy(&qv, q + c, sizeof(qv));
-            std::memcpy(&pv, p + c, sizeof(pv));
-            std::memcpy(&av, ap + c, sizeof(av));
-            std::memcpy(&g0v, g0 + c, sizeof(g0v));
-            std::memcpy(&mv, mp + c, sizeof(mv));
-            std::memcpy(&iv, ip + c, sizeof(iv));
-            std::memcpy(&gxv, gx + c, sizeof(gxv));
-            const f8 masked = qv > 0.0f ? gv : f8{};
-            const f8 dv = av * (masked - g0v - (pv - mv) * iv * gxv);
-            std::memcpy(d + c, &dv, sizeof(dv));
-          }
-          for (; c < C; ++c) d[c] = ap[c] * ((q[c] > 0.0f ? g[c] : 0.0f) - g0[c] - (p[c] - mp[c]) * ip[c] * gx[c]);
-          if (with_residual) {
-            float* __restrict__ dr = drp + row * C;
-#pragma omp simd
-            for (int64_t c = 0; c < C; ++c) dr[c] = q[c] > 0.0f ? g[c] : 0.0f;
-          }
-        } else {
-#pragma omp simd
-          for (int64_t c = 0; c < C; ++c) d[c] = ap[c] * (g[c] - g0[c] - (p[c] - mp[c]) * ip[c] * gx[c]);
-        }
-      }
-    });
-    return {dx, dweight, dbias, dresidual};
-  }
   at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
     for (int64_t plane = begin; plane < end; ++plane) {
       const int64_t c = plane % C, off = plane * HW, out_off = plane / T * HW;

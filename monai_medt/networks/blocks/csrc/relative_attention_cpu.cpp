@@ -1381,6 +1381,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("backward_map", &attention_backward_map, "backward of forward_map: d(qkv), d(scales), table gradients (CPU)");
   m.def("moment_sums", &moment_sums, "float64 sums of x and x x^T per (sequence, head) and per (head, position)");
   m.def("moment_grad", &moment_grad, "gradient of the logit moments with respect to q or k");
-  m.def("batch_norm_forward", &batch_norm_forward, "training-mode batch norm (+ ReLU) of a float32 map (CPU)");
+  m.def("batch_norm_forward", &batch_norm_forward, "training-mode batch norm (+ ReLU) of a contiguous float32 map");
   m.def("batch_norm_backward", &batch_norm_backward, "backward of batch_norm_forward");
 }
