@@ -2,7 +2,9 @@
 # Licensed under the Apache License, Version 2.0 (the "License"); see the LICENSE file.
 """
 Throughput of a network with and without one of the speed changes, alternating the two in one process so that both
-see the same machine state: on a shared host, runs minutes apart differ by more than these changes gain.
+see the same machine state: on a shared host, runs minutes apart differ by more than these changes gain. A change
+that alters what is allocated can read faster here than in a training process of its own (benchmarks/RESULTS.md,
+"Tried and not kept"): compare such changes in fresh processes as well.
 
 - ``eval-fusion``: the attention layers' eval-mode output fusion (output batch norm and sum of the two terms written
   straight into the map) against the plain modules; timed on eval forwards. (Until ``conv-norm-fold`` it also
