@@ -4,7 +4,8 @@
 Throughput of a network with and without one of the speed changes, alternating the two in one process so that both
 see the same machine state: on a shared host, runs minutes apart differ by more than these changes gain. A change
 that alters what is allocated can read faster here than in a training process of its own (benchmarks/RESULTS.md,
-"Tried and not kept"): compare such changes in fresh processes as well.
+"Tried and not kept"): ``--fresh`` times each side in processes of its own instead, alternating, one pair per round
+(each the median of ``--steps`` iterations after three warm-up ones), as a training job runs one configuration.
 
 - ``eval-fusion``: the attention layers' eval-mode output fusion (output batch norm and sum of the two terms written
   straight into the map) against the plain modules; timed on eval forwards. (Until ``conv-norm-fold`` it also
@@ -70,6 +71,7 @@ sides when they time train steps.
     python benchmarks/ab_changes.py --change map-training --model MedT --threads 2 --rounds 6
     python benchmarks/ab_changes.py --change fused-batch-norm --model MedT --threads 2 --rounds 6
     python benchmarks/ab_changes.py --change block-fusion --model MedT --threads 2 --rounds 6
+    python benchmarks/ab_changes.py --change block-fusion --model MedT --threads 2 --rounds 6 --fresh
 """
 
 from __future__ import annotations
@@ -77,6 +79,8 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -254,7 +258,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=6, help="alternations; each times the best of 3 iterations")
     parser.add_argument("--train", action="store_true", help="time train steps (some changes always do)")
+    parser.add_argument("--fresh", action="store_true", help="time each side in processes of its own (see above)")
+    parser.add_argument("--steps", type=int, default=25, help="timed iterations per process with --fresh")
+    parser.add_argument("--side", choices=["with", "without"], help=argparse.SUPPRESS)  # a --fresh child process
     args = parser.parse_args()
+    if args.fresh:
+        fresh_rounds(args)
+        return
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -272,6 +282,8 @@ def main() -> None:
         # likewise the autograd path from the projected map replaces these in float32 CPU training
         axial_attention._AxialAttentionBase._train_map_kernel = lambda self, x: None
     use = switch(args.change)
+    if args.side is not None:
+        use(args.side == "with")
 
     def outputs() -> list[torch.Tensor]:
         """Eval logits, or the parameter gradients of one train step (compared before timing)."""
@@ -290,6 +302,17 @@ def main() -> None:
         optimizer.zero_grad()
         torch.nn.functional.cross_entropy(net(x), y).backward()
         optimizer.step()
+
+    if args.side is not None:
+        for _ in range(3):
+            iteration()
+        times = []
+        for _ in range(args.steps):
+            start = time.perf_counter()
+            iteration()
+            times.append(time.perf_counter() - start)
+        print(f"img_per_s {args.batch / statistics.median(times)}")
+        return
 
     def best_of_three() -> float:
         times = []
@@ -317,6 +340,23 @@ def main() -> None:
         median = statistics.median(values)
         mode = "train" if train else "eval"
         print(f"{name:7s} {mode} {args.batch / median:6.2f} img/s (median of {args.rounds} rounds)")
+
+
+def fresh_rounds(args: argparse.Namespace) -> None:
+    """``--fresh``: each round runs one process per side (without, then with) and collects its img/s."""
+    child = [sys.executable, __file__, "--change", args.change, "--model", args.model, "--size", str(args.size)]
+    child += ["--batch", str(args.batch), "--threads", str(args.threads), "--steps", str(args.steps)]
+    child += ["--train"] if args.train else []
+    rates: dict[str, list[float]] = {"without": [], "with": []}
+    for _ in range(args.rounds):
+        for side, values in rates.items():
+            result = subprocess.run(child + ["--side", side], capture_output=True, text=True, check=True)
+            values.append(float(result.stdout.split()[-1]))
+    print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} thread(s), "
+          f"{args.model} {args.size}x{args.size}, batch {args.batch}, {args.change}; one process per side and round")
+    for side, values in rates.items():
+        print(f"{side:7s} {statistics.median(values):6.2f} img/s (median over {args.rounds} processes of the medians "
+              f"of {args.steps} iterations; {min(values):.2f}-{max(values):.2f})")
 
 
 if __name__ == "__main__":
