@@ -256,7 +256,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--rounds", type=int, default=6, help="alternations; each times the best of 3 iterations")
+    parser.add_argument(
+        "--rounds", type=int, default=6, help="alternations, each the best of 3 iterations (--fresh: process pairs)"
+    )
     parser.add_argument("--train", action="store_true", help="time train steps (some changes always do)")
     parser.add_argument("--fresh", action="store_true", help="time each side in processes of its own (see above)")
     parser.add_argument("--steps", type=int, default=25, help="timed iterations per process with --fresh")
@@ -350,8 +352,11 @@ def fresh_rounds(args: argparse.Namespace) -> None:
     rates: dict[str, list[float]] = {"without": [], "with": []}
     for _ in range(args.rounds):
         for side, values in rates.items():
-            result = subprocess.run(child + ["--side", side], capture_output=True, text=True, check=True)
-            values.append(float(result.stdout.split()[-1]))
+            result = subprocess.run(child + ["--side", side], capture_output=True, text=True)
+            rate = [line.split()[1] for line in result.stdout.splitlines() if line.startswith("img_per_s ")]
+            if result.returncode != 0 or not rate:
+                raise RuntimeError(f"the {side!r} process failed ({result.returncode}): {result.stderr[-2000:]}")
+            values.append(float(rate[0]))
     print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} thread(s), "
           f"{args.model} {args.size}x{args.size}, batch {args.batch}, {args.change}; one process per side and round")
     for side, values in rates.items():
