@@ -305,24 +305,22 @@ def main() -> None:
         torch.nn.functional.cross_entropy(net(x), y).backward()
         optimizer.step()
 
-    if args.side is not None:
-        for _ in range(3):
-            iteration()
+    def timed(count: int) -> list[float]:
+        """Seconds of each of ``count`` iterations."""
         times = []
-        for _ in range(args.steps):
+        for _ in range(count):
             start = time.perf_counter()
             iteration()
             times.append(time.perf_counter() - start)
-        print(f"img_per_s {args.batch / statistics.median(times)}")
+        return times
+
+    if args.side is not None:  # a --fresh child: warm up, then the median of --steps iterations
+        timed(3)
+        print(f"img_per_s {args.batch / statistics.median(timed(args.steps))}")
         return
 
     def best_of_three() -> float:
-        times = []
-        for _ in range(3):
-            start = time.perf_counter()
-            iteration()
-            times.append(time.perf_counter() - start)
-        return min(times)
+        return min(timed(3))
 
     use(False)
     before = outputs()
