@@ -50,6 +50,9 @@ that alters what is allocated can read faster here than in a training process of
 - ``block-fusion``: in the axial blocks, the shortcut added and the ReLU applied in the pass of the last batch norm
   (the shortcut's own norm through the kernel too), and the width attention's ReLU in its output norm's pass (stride
   1), against the conv-norm pairs with a separate addition and ReLUs; timed on train steps.
+- ``norm-from-output``: the attention projections' training-mode batch norms save their output (which the attention
+  saves anyway) and recover the normalised input from it in the backward, against saving their input as well; timed
+  on train steps. It changes memory more than time: ``--fresh`` also prints each side's peak RSS.
 
 ``eval-fusion``, ``inference-kernel``, ``direct-projection`` and ``direct-output`` switch ``map-kernel`` off on both
 sides when they time eval forwards: the map-to-map kernel replaces the paths they compare. For the same reason
@@ -72,12 +75,14 @@ sides when they time train steps.
     python benchmarks/ab_changes.py --change fused-batch-norm --model MedT --threads 2 --rounds 6
     python benchmarks/ab_changes.py --change block-fusion --model MedT --threads 2 --rounds 6
     python benchmarks/ab_changes.py --change block-fusion --model MedT --threads 2 --rounds 6 --fresh
+    python benchmarks/ab_changes.py --change norm-from-output --model MedT --threads 2 --rounds 6 --fresh
 """
 
 from __future__ import annotations
 
 import argparse
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -184,6 +189,12 @@ def switch(change: str) -> Callable[[bool], None]:
         def use(on: bool) -> None:
             axial_block.AxialBlock._folded_forward = fused_block if on else separate
 
+    elif change == "norm-from-output":
+        invertible = batch_norm._invertible
+
+        def use(on: bool) -> None:
+            batch_norm._invertible = invertible if on else (lambda weight, bias: False)
+
     elif change == "map-training":
         train_map_kernel = axial_attention._AxialAttentionBase._train_map_kernel
 
@@ -249,7 +260,7 @@ def main() -> None:
     changes = [
         "eval-fusion", "logit-moments", "channels-last-stem", "inference-kernel", "conv-norm-fold", "direct-projection",
         "direct-output", "map-kernel", "channels-last-eval", "avx512-build", "moments-kernel", "channels-last-upsample",
-        "map-training", "fused-batch-norm", "block-fusion",
+        "map-training", "fused-batch-norm", "block-fusion", "norm-from-output",
     ]
     parser.add_argument("--change", default="eval-fusion", choices=changes)
     parser.add_argument("--model", default="MedT", choices=["MedT", "LoGo", "GatedAxialUNet", "AxialUNet"])
@@ -270,7 +281,9 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    train_changes = ("logit-moments", "moments-kernel", "map-training", "fused-batch-norm", "block-fusion")
+    train_changes = (
+        "logit-moments", "moments-kernel", "map-training", "fused-batch-norm", "block-fusion", "norm-from-output"
+    )
     train = args.change in train_changes or args.train
     net = getattr(nets, args.model)(in_channels=3, out_channels=2, img_size=args.size).train(train)
     optimizer = torch.optim.Adam(net.parameters(), 1e-3)
@@ -317,6 +330,7 @@ def main() -> None:
     if args.side is not None:  # a --fresh child: warm up, then the median of --steps iterations
         timed(3)
         print(f"img_per_s {args.batch / statistics.median(timed(args.steps))}")
+        print(f"peak_rss_mib {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}")
         return
 
     def best_of_three() -> float:
@@ -343,23 +357,26 @@ def main() -> None:
 
 
 def fresh_rounds(args: argparse.Namespace) -> None:
-    """``--fresh``: each round runs one process per side (without, then with) and collects its img/s."""
+    """``--fresh``: each round runs one process per side (without, then with) and collects its img/s and peak RSS."""
     child = [sys.executable, __file__, "--change", args.change, "--model", args.model, "--size", str(args.size)]
     child += ["--batch", str(args.batch), "--threads", str(args.threads), "--steps", str(args.steps)]
     child += ["--train"] if args.train else []
     rates: dict[str, list[float]] = {"without": [], "with": []}
+    peaks: dict[str, list[float]] = {"without": [], "with": []}
     for _ in range(args.rounds):
         for side, values in rates.items():
             result = subprocess.run(child + ["--side", side], capture_output=True, text=True)
-            rate = [line.split()[1] for line in result.stdout.splitlines() if line.startswith("img_per_s ")]
-            if result.returncode != 0 or not rate:
+            found = dict(line.split()[:2] for line in result.stdout.splitlines() if line.startswith(("img_", "peak_")))
+            if result.returncode != 0 or len(found) != 2:
                 raise RuntimeError(f"the {side!r} process failed ({result.returncode}): {result.stderr[-2000:]}")
-            values.append(float(rate[0]))
+            values.append(float(found["img_per_s"]))
+            peaks[side].append(float(found["peak_rss_mib"]))
     print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} thread(s), "
           f"{args.model} {args.size}x{args.size}, batch {args.batch}, {args.change}; one process per side and round")
     for side, values in rates.items():
         print(f"{side:7s} {statistics.median(values):6.2f} img/s (median over {args.rounds} processes of the medians "
-              f"of {args.steps} iterations; {min(values):.2f}-{max(values):.2f})")
+              f"of {args.steps} iterations; {min(values):.2f}-{max(values):.2f}), peak RSS "
+              f"{statistics.median(peaks[side]):.0f} MiB ({min(peaks[side]):.0f}-{max(peaks[side]):.0f})")
 
 
 if __name__ == "__main__":

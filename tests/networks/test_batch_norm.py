@@ -142,3 +142,48 @@ def test_residual_matches_module(kernel_calls, relu, terms):
     torch.testing.assert_close(got, torch.relu(want) if relu else want)
     with pytest.raises(ValueError, match="residual's shape"):
         batch_norm(fused_norm, x, relu, terms=terms, residual=torch.randn(3, 8, 6, 5))
+
+
+@pytest.mark.parametrize("small_weight", [False, True])
+def test_output_kept_saves_the_output(kernel_calls, small_weight):
+    """
+    ``output_kept``: the norm saves its output instead of its input and recovers the input's gradient from it; where a
+    weight is too small against its bias to invert, it saves the input. Gradients equal the module's either way.
+    """
+    torch.manual_seed(3)
+    shape = (4, 6, 9, 7)
+    fused_norm = _norm(6, 0.1)
+    with torch.no_grad():
+        fused_norm.weight.copy_(torch.tensor([0.5, -1.5, 2.0, 0.8, -0.3, 1.1]))
+        fused_norm.bias.copy_(torch.tensor([0.2, -0.7, 3.0, 0.0, 0.9, -2.0]))
+        if small_weight:
+            fused_norm.weight[3] = 1e-4
+            fused_norm.bias[3] = 0.5
+    module_norm = copy.deepcopy(fused_norm)
+    x = torch.randn(shape) * 2.0 + 3.0
+    grad = torch.randn(shape)
+    x_fused, x_module = x.clone().requires_grad_(), x.clone().requires_grad_()
+    saved: list[int] = []
+
+    def pack(t):  # records the storage of every tensor autograd saves
+        saved.append(t.untyped_storage().data_ptr())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y_fused = batch_norm(fused_norm, x_fused, output_kept=True)
+    y_module = module_norm(x_module)
+    y_fused.backward(grad)
+    y_module.backward(grad)
+    assert len(kernel_calls) == 1
+    input_saved = x_fused.untyped_storage().data_ptr() in saved
+    assert input_saved == small_weight
+    assert (y_fused.untyped_storage().data_ptr() in saved) != small_weight
+    torch.testing.assert_close(y_fused, y_module, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x_fused.grad, x_module.grad, rtol=1e-4, atol=1e-5)
+    for got, want in zip(fused_norm.parameters(), module_norm.parameters()):
+        torch.testing.assert_close(got.grad, want.grad, rtol=1e-4, atol=1e-4)
+    # with a ReLU the output does not determine the input: the input is saved
+    saved.clear()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        batch_norm(fused_norm, x_fused, relu=True, output_kept=True)
+    assert x_fused.untyped_storage().data_ptr() in saved

@@ -105,9 +105,10 @@ class _AxialAttentionBase(nn.Module):
         return self.out_norm.running_var is not None
 
     @torch.jit.unused
-    def _project_eager(self, x: torch.Tensor) -> torch.Tensor:
-        # in eval mode the batch norm is folded into the 1x1 convolution (one pass over the map instead of two)
-        return conv_norm(self.qkv, self.qkv_norm, x)
+    def _project_eager(self, x: torch.Tensor, output_kept: bool = False) -> torch.Tensor:
+        # in eval mode the batch norm is folded into the 1x1 convolution (one pass over the map instead of two);
+        # ``output_kept``: the attention kernel saves the projected map, so in training the norm saves it too
+        return conv_norm(self.qkv, self.qkv_norm, x, output_kept=output_kept)
 
     @torch.jit.unused
     def _map_kernel(self, x: torch.Tensor) -> ModuleType | None:
@@ -473,7 +474,7 @@ class AxialAttention(_AxialAttentionBase):
         """
         b, _, h, w = x.shape
         height = self.axis == "height"
-        qkv = self._project_eager(x)
+        qkv = self._project_eager(x, output_kept=True)
         rq, wk, rv = self._tables()
         gates = self.gates.to(qkv.dtype)
         if self.gate_after_norm:
@@ -633,7 +634,7 @@ class AxialAttentionNoPos(_AxialAttentionBase):
         """:meth:`forward` with the attention core on the map (:func:`fused_map_attention`)."""
         b, _, h, w = x.shape
         height = self.axis == "height"
-        qkv = self._project_eager(x)
+        qkv = self._project_eager(x, output_kept=True)
         means, squares = self._map_moments(qkv, None, None)
         sequences, length = (b * w, h) if height else (b * h, w)
         scale = self._fold_logit_norm(means, squares, sequences * length * length, 1)

@@ -30,16 +30,23 @@ class BatchNormFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, residual, eps: float, relu: bool, terms: int, running):  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        ctx, x, weight, bias, residual, eps: float, relu: bool, terms: int, running, from_output: bool
+    ):
         empty = x.new_empty(0)
         running_mean, running_var, factor = (empty, empty, 0.0) if running is None else running
+        weight, bias = weight.contiguous(), bias.contiguous()
         y, mean, invstd = cpu_kernel().batch_norm_forward(
-            x, weight.contiguous(), bias.contiguous(), empty if residual is None else residual, eps, relu, terms,
-            running_mean, running_var, factor,
+            x, weight, bias, empty if residual is None else residual, eps, relu, terms, running_mean, running_var, factor
         )
+        ctx.relu, ctx.terms, ctx.residual = relu, terms, residual is not None
+        if from_output:
+            # x_hat = (y - bias) / weight: the kernel's backward reads y as its input with bias as the mean and
+            # 1 / weight as the inverse deviation, and weight^2 invstd as the weight (its factor weight * invstd)
+            ctx.save_for_backward(y, None, bias, 1.0 / weight, weight * weight * invstd)
+            return y
         # the ReLU's mask comes from the output, which the next layer keeps for its own backward anyway
         ctx.save_for_backward(x, y if relu else None, mean, invstd, weight)
-        ctx.relu, ctx.terms, ctx.residual = relu, terms, residual is not None
         return y
 
     @staticmethod
@@ -53,7 +60,7 @@ class BatchNormFunction(torch.autograd.Function):
         )
         if residual_grad and not ctx.relu:
             dresidual = dy
-        return dx, dweight, dbias, dresidual if residual_grad else None, None, None, None, None
+        return dx, dweight, dbias, dresidual if residual_grad else None, None, None, None, None, None
 
 
 def update_running_stats(
@@ -82,6 +89,16 @@ def _tracks(norm: nn.Module) -> bool:
     return norm.track_running_stats and norm.running_mean is not None and norm.running_var is not None
 
 
+def _invertible(weight: torch.Tensor, bias: torch.Tensor) -> bool:
+    """
+    Whether ``(y - bias) / weight`` recovers a norm's normalised input from its float32 output ``y`` to within ~1e-5
+    relative: the error is the output's rounding times ``1 + |bias / weight|``, so every ``|bias|`` must stay below
+    100 ``|weight|`` (which also rules out a zero weight).
+    """
+    with torch.no_grad():
+        return bool((bias.abs() - 100.0 * weight.abs()).max() < 0)
+
+
 def _fused(norm: nn.Module, x: torch.Tensor, residual: torch.Tensor | None) -> bool:
     """Whether the kernel runs ``norm`` on ``x`` (and adds ``residual``): see the module docstring."""
     if type(norm) is not nn.BatchNorm2d or not norm.training or norm.weight is None or norm.bias is None:
@@ -108,6 +125,7 @@ def batch_norm(
     terms: int = 1,
     term_scales: torch.Tensor | None = None,
     residual: torch.Tensor | None = None,
+    output_kept: bool = False,
 ) -> torch.Tensor:
     """
     ``norm(x)``, with each group of ``terms`` consecutive output channels summed (each term times its entry of
@@ -121,6 +139,11 @@ def batch_norm(
         terms: channels summed per output channel: the output is (N, C / terms, H, W).
         term_scales: (terms,) factors of the normalised terms before the sum, or None.
         residual: a map of the output's shape added before the ReLU (a residual block's shortcut), or None.
+        output_kept: the layer after the norm saves the output for its own backward (the attention's projection). A
+            plain norm (no ReLU, terms, scales or residual) on the kernel then saves the output instead of its input
+            and recovers the normalised input as ``(y - bias) / weight``, so that only one of the two maps stays in
+            memory until the backward pass; where a weight is too small against its bias for that (see
+            :func:`_invertible`), it saves its input as usual.
 
     Examples::
 
@@ -156,4 +179,7 @@ def batch_norm(
         norm.num_batches_tracked.add_(1)
         factor = 1.0 / float(norm.num_batches_tracked.item()) if norm.momentum is None else norm.momentum
         running = (norm.running_mean, norm.running_var, factor)
-    return BatchNormFunction.apply(x, weight, bias, residual, norm.eps, relu, terms, running)
+    from_output = (
+        output_kept and not relu and terms == 1 and term_scales is None and residual is None and _invertible(weight, bias)
+    )
+    return BatchNormFunction.apply(x, weight, bias, residual, norm.eps, relu, terms, running, from_output)

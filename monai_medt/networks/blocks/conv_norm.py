@@ -33,7 +33,12 @@ def norm_affine(norm: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def conv_norm(
-    conv: nn.Conv2d, norm: nn.BatchNorm2d, x: torch.Tensor, relu: bool = False, residual: torch.Tensor | None = None
+    conv: nn.Conv2d,
+    norm: nn.BatchNorm2d,
+    x: torch.Tensor,
+    relu: bool = False,
+    residual: torch.Tensor | None = None,
+    output_kept: bool = False,
 ) -> torch.Tensor:
     """
     ``norm(conv(x))``, plus ``residual`` where given, followed by a ReLU where ``relu``. Where the norm uses its
@@ -48,6 +53,8 @@ def conv_norm(
         x: the convolution's input.
         relu: apply a ReLU (in place) to the output.
         residual: a map of the output's shape added before the ReLU (a residual block's shortcut), or None.
+        output_kept: the next layer saves the output for its backward (see
+            :func:`~monai_medt.networks.blocks.batch_norm.batch_norm`).
 
     Examples::
 
@@ -56,7 +63,7 @@ def conv_norm(
         torch.Size([1, 8, 16, 16])
     """
     if norm.training or any(t is None for t in (norm.running_mean, norm.running_var, norm.weight, norm.bias)):
-        return batch_norm(norm, conv(x), relu, residual=residual)
+        return batch_norm(norm, conv(x), relu, residual=residual, output_kept=output_kept)
     scale, shift = norm_affine(norm)
     if conv.bias is not None:
         shift = shift + conv.bias * scale
