@@ -8,7 +8,9 @@ the peak minus the RSS before the first step: after importing torch and MONAI, l
 model, the input and (in training) the optimizer. That base depends on the environment: ``import monai`` loads every
 optional package it finds (in this project's full environment, with the bundle, tracking and DICOM extras, ~330 MiB;
 with only torch, MONAI and numpy installed, ~25 MiB), and any PyTorch optimizer imports torch._dynamo (~70 MiB).
-A train step is forward + cross-entropy + backward + Adam step in train mode; eval is a no-grad forward in eval mode.
+A train step is forward + cross-entropy + backward + Adam step in train mode (PyTorch's default Adam, a loop over the
+parameters; ``--fused-adam``: its fused implementation, as the bundles train, for every model); eval is a no-grad
+forward in eval mode.
 Figures are the median over ``--repeats`` timed iterations after ``--warmup`` untimed ones.
 
     python benchmarks/bench_networks.py                       # all MedT variants, 128x128, batch 4, 2 threads
@@ -124,7 +126,8 @@ def run_one(args: argparse.Namespace) -> dict:
     dtype = torch.bfloat16 if args.amp == "bf16" else torch.float16
     if args.mode == "train":
         net.train()
-        opt = torch.optim.Adam(net.parameters(), lr=1e-3, weight_decay=1e-5)
+        fused = True if args.fused_adam else None  # None: PyTorch's default (the per-parameter loop on the CPU)
+        opt = torch.optim.Adam(net.parameters(), lr=1e-3, weight_decay=1e-5, fused=fused)
 
         def step() -> None:
             opt.zero_grad(set_to_none=True)
@@ -220,6 +223,9 @@ def main() -> None:
     parser.add_argument(
         "--checkpoint", action="store_true", help="activation checkpointing of the axial blocks and conv stems"
     )
+    parser.add_argument(
+        "--fused-adam", action="store_true", help="train with Adam's fused implementation (the bundles' optimizer)"
+    )
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     parser.add_argument("--mode", default=None, help=argparse.SUPPRESS)  # set for the per-pair subprocess
     args = parser.parse_args()
@@ -249,7 +255,8 @@ def main() -> None:
         print(f"# gpu: {torch.cuda.get_device_name(0)}, amp: {args.amp}")
     print(f"# input {args.batch}x3x{args.size}x{args.size}, median of {args.repeats} after {args.warmup} warm-up"
           f"{', torch.compile' if args.compile else ''}{', channels_last' if args.channels_last else ''}"
-          f"{', activation checkpointing' if args.checkpoint else ''}")
+          f"{', activation checkpointing' if args.checkpoint else ''}"
+          f"{', fused Adam' if args.fused_adam else ''}")
     print(
         f"{'model':<20}{'mode':<7}{'img/s':>9}{'s/iter':>9}{'peak RSS MiB':>14}{'above base':>12}{'params':>11}"
         f"{'GFLOP/img':>11}{'GFLOP/s':>9}{'% peak':>8}"
@@ -262,7 +269,7 @@ def main() -> None:
                 if getattr(args, key) is not None:
                     cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
             cmd += ["--compile"] * args.compile + ["--channels-last"] * args.channels_last
-            cmd += ["--checkpoint"] * args.checkpoint
+            cmd += ["--checkpoint"] * args.checkpoint + ["--fused-adam"] * args.fused_adam
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
                 print(f"{model:<20}{mode:<7} FAILED: {proc.stderr.strip().splitlines()[-1:]}")
