@@ -11,7 +11,9 @@ with only torch, MONAI and numpy installed, ~25 MiB), and any PyTorch optimizer 
 A train step is forward + cross-entropy + backward + Adam step in train mode (PyTorch's default Adam, a loop over the
 parameters; ``--fused-adam``: its fused implementation, as the bundles train, for every model); eval is a no-grad
 forward in eval mode.
-Figures are the median over ``--repeats`` timed iterations after ``--warmup`` untimed ones.
+Figures are the median over ``--repeats`` timed iterations after ``--warmup`` untimed ones. ``--cuda-graphs`` (CUDA
+only) replays captured CUDA graphs instead of launching every kernel from Python: in training the network's forward
+and backward (``torch.cuda.make_graphed_callables``; the loss and Adam stay eager), in eval the forward.
 
     python benchmarks/bench_networks.py                       # all MedT variants, 128x128, batch 4, 2 threads
     python benchmarks/bench_networks.py --models MedT UNet SwinUNETR --size 256 --batch 2
@@ -99,6 +101,42 @@ def peak_gflops(threads: int, channels: int = 256, size: int = 128, repeats: int
     return 2 * channels * channels * 9 * size * size / statistics.median(times) / 1e9
 
 
+def _graphed_step(net, x, y, opt, amp: bool, dtype):
+    """
+    A train step (``opt`` given) or eval forward of ``net`` on the static ``x`` that replays CUDA graphs: the network's
+    forward and backward captured by ``torch.cuda.make_graphed_callables`` (the loss and the optimizer step stay
+    eager), or the whole no-grad forward captured once. Autocast runs without its cast cache, as capture requires.
+    """
+    import torch
+
+    def autocast():
+        return torch.autocast("cuda", dtype=dtype, enabled=amp, cache_enabled=False)
+
+    if opt is not None:
+        with autocast():
+            graphed = torch.cuda.make_graphed_callables(net, (x,))
+
+        def step() -> None:
+            opt.zero_grad(set_to_none=True)
+            with autocast():
+                loss = torch.nn.functional.cross_entropy(graphed(x).float(), y)
+            loss.backward()
+            opt.step()
+
+        return step
+    # warm-up on a side stream (allocator and cuDNN/cuBLAS choices settle before capture), then capture
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side), torch.no_grad(), autocast():
+        for _ in range(3):
+            net(x)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.no_grad(), autocast(), torch.cuda.graph(graph):
+        net(x)
+    return graph.replay
+
+
 def run_one(args: argparse.Namespace) -> dict:
     import torch
 
@@ -142,6 +180,9 @@ def run_one(args: argparse.Namespace) -> dict:
         def step() -> None:
             with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=amp):
                 model(x)
+
+    if args.cuda_graphs:
+        step = _graphed_step(net, x, y, opt if args.mode == "train" else None, amp, dtype)
 
     # after importing torch/MONAI, loading the kernel, building the model, the input and the optimizer (whose first
     # parameter group imports torch._dynamo, ~70 MiB, in any PyTorch training)
@@ -226,10 +267,16 @@ def main() -> None:
     parser.add_argument(
         "--fused-adam", action="store_true", help="train with Adam's fused implementation (the bundles' optimizer)"
     )
+    parser.add_argument(
+        "--cuda-graphs", action="store_true",
+        help="replay CUDA graphs of the network's forward and backward (train) or forward (eval); CUDA only",
+    )
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     parser.add_argument("--mode", default=None, help=argparse.SUPPRESS)  # set for the per-pair subprocess
     args = parser.parse_args()
 
+    if args.cuda_graphs and (not args.device.startswith("cuda") or args.compile or args.checkpoint):
+        parser.error("--cuda-graphs needs --device cuda and neither --compile nor --checkpoint.")
     if args.mode is not None:
         print(json.dumps(run_one(args)))
         return
@@ -256,7 +303,7 @@ def main() -> None:
     print(f"# input {args.batch}x3x{args.size}x{args.size}, median of {args.repeats} after {args.warmup} warm-up"
           f"{', torch.compile' if args.compile else ''}{', channels_last' if args.channels_last else ''}"
           f"{', activation checkpointing' if args.checkpoint else ''}"
-          f"{', fused Adam' if args.fused_adam else ''}")
+          f"{', fused Adam' if args.fused_adam else ''}{', CUDA graphs' if args.cuda_graphs else ''}")
     print(
         f"{'model':<20}{'mode':<7}{'img/s':>9}{'s/iter':>9}{'peak RSS MiB':>14}{'above base':>12}{'params':>11}"
         f"{'GFLOP/img':>11}{'GFLOP/s':>9}{'% peak':>8}"
@@ -270,6 +317,7 @@ def main() -> None:
                     cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
             cmd += ["--compile"] * args.compile + ["--channels-last"] * args.channels_last
             cmd += ["--checkpoint"] * args.checkpoint + ["--fused-adam"] * args.fused_adam
+            cmd += ["--cuda-graphs"] * args.cuda_graphs
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
                 print(f"{model:<20}{mode:<7} FAILED: {proc.stderr.strip().splitlines()[-1:]}")
