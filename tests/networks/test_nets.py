@@ -245,6 +245,25 @@ def test_activation_checkpointing_gives_the_same_gradients(cls):
         torch.testing.assert_close(buffers[0][name], buffers[1][name], atol=1e-6, rtol=1e-5, msg=name)
 
 
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_accelerator_path_reads_no_tensor_on_the_host(name):
+    """
+    The path of every non-CPU device (no fused kernel, unchunked attention) never needs a tensor's value on the host:
+    a train step and an eval forward run on the meta device, which holds no data, so any ``.item()``,
+    ``bool(tensor)`` or copy to the CPU would raise. GPU steps then never wait for the device, and CUDA-graph capture
+    (``benchmarks/bench_networks.py --cuda-graphs``) has nothing to trip over.
+    """
+    with torch.device("meta"):
+        net = build(VARIANTS[name], 3, 2, 64)
+        x, y = torch.empty(2, 3, 64, 64), torch.zeros(2, 64, 64, dtype=torch.long)
+    F.cross_entropy(net(x), y).backward()
+    trainable = [p for p in net.parameters() if p.requires_grad]
+    assert trainable and all(p.grad is not None and p.grad.is_meta for p in trainable)
+    with torch.no_grad():
+        out = net.eval()(x)
+    assert out.is_meta and out.shape == (2, 2, 64, 64)
+
+
 @pytest.mark.parametrize("cls", [MedT, AxialUNet])
 def test_bf16_autocast_close_to_fp32(cls):
     """Mixed precision keeps the logits and softmax in fp32 inside the attention: bf16 outputs stay close."""

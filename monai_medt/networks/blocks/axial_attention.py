@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from types import ModuleType
 
 import torch
@@ -283,8 +284,11 @@ class _AxialAttentionBase(nn.Module):
         rows: int,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         # autocast off: it would run the core's matmuls in half precision, and the hand-written backward (which
-        # autocast does not reach) would then meet half-precision gradients beside its fp32 inputs
-        with torch.autocast(q1.device.type, enabled=False):
+        # autocast does not reach) would then meet half-precision gradients beside its fp32 inputs (devices without
+        # autocast, such as meta, need no context)
+        device = q1.device.type
+        no_autocast = torch.autocast(device, enabled=False) if torch.amp.is_autocast_available(device) else None
+        with no_autocast or contextlib.nullcontext():
             traced = torch.jit.is_tracing() or torch.compiler.is_compiling()
             tensors = (q1, k, q2, rq, k3, wk, v, rv)
             needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
