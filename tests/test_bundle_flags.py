@@ -52,3 +52,21 @@ def test_glas_inference_flags():
     inferer = parser.get_parsed_content("inferer")
     assert isinstance(inferer, DihedralTTAInferer) and isinstance(inferer.inferer, SlidingWindowInferer)
     assert any(isinstance(t, Resized) for t in parser.get_parsed_content("preprocessing").transforms)
+
+
+@pytest.mark.parametrize("bundle", ["medt_glas_segmentation", "medt_ct_segmentation"])
+@pytest.mark.parametrize("configs", [("train.json",), ("train.json", "multi_gpu_train.json")])
+def test_seed_reaches_set_determinism(bundle, configs):
+    """``--seed`` (default 3000) seeds the training run, single-process and DDP alike."""
+    import torch
+    from monai.utils import set_determinism
+
+    for seed in (None, 7):
+        parser = _parser(bundle, *configs) if seed is None else _parser(bundle, *configs, seed=seed)
+        items = parser["initialize"]
+        index = next(i for i, item in enumerate(items) if "set_determinism" in item)
+        try:
+            parser.get_parsed_content(f"initialize#{index}")
+            assert torch.initial_seed() == (3000 if seed is None else seed)
+        finally:
+            set_determinism(seed=None)  # leave the process's random state and cuDNN flags as other tests expect
