@@ -250,8 +250,8 @@ def test_accelerator_path_reads_no_tensor_on_the_host(name):
     """
     The path of every non-CPU device (no fused kernel, unchunked attention) never needs a tensor's value on the host:
     a train step and an eval forward run on the meta device, which holds no data, so any ``.item()``,
-    ``bool(tensor)`` or copy to the CPU would raise. GPU steps then never wait for the device, and CUDA-graph capture
-    (``benchmarks/bench_networks.py --cuda-graphs``) has nothing to trip over.
+    ``bool(tensor)`` or copy to the CPU would raise. The networks' GPU steps then never wait for the device, and
+    CUDA-graph capture (``benchmarks/bench_networks.py --cuda-graphs``) meets no host read in them.
     """
     with torch.device("meta"):
         net = build(VARIANTS[name], 3, 2, 64)
