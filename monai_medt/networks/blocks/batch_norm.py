@@ -89,14 +89,21 @@ def _tracks(norm: nn.Module) -> bool:
     return norm.track_running_stats and norm.running_mean is not None and norm.running_var is not None
 
 
+# smallest |weight| the output-saving backward inverts: it runs with 1 / weight and weight^2, which overflow or
+# underflow in float32 as a channel's weight decays (weight decay takes unused channels' weights through 1e-30 and
+# into the denormals, where 1 / weight is inf and the gradients NaN); such channels contribute nothing anyway
+_MIN_INVERTIBLE_WEIGHT = 1e-12
+
+
 def _invertible(weight: torch.Tensor, bias: torch.Tensor) -> bool:
     """
     Whether ``(y - bias) / weight`` recovers a norm's normalised input from its float32 output ``y`` to within ~1e-5
     relative: the error is the output's rounding times ``1 + |bias / weight|``, so every ``|bias|`` must stay below
-    100 ``|weight|`` (which also rules out a zero weight).
+    100 ``|weight|``, and every ``|weight|`` at least ``_MIN_INVERTIBLE_WEIGHT`` (which also rules out a zero weight).
     """
     with torch.no_grad():
-        return bool((bias.abs() - 100.0 * weight.abs()).max() < 0)
+        size = weight.abs()
+        return bool((bias.abs() - 100.0 * size).max() < 0 and size.min() >= _MIN_INVERTIBLE_WEIGHT)
 
 
 def _fused(norm: nn.Module, x: torch.Tensor, residual: torch.Tensor | None) -> bool:
