@@ -103,7 +103,7 @@ def _invertible(weight: torch.Tensor, bias: torch.Tensor) -> bool:
     """
     with torch.no_grad():
         size = weight.abs()
-        return bool((bias.abs() - 100.0 * size).max() < 0 and size.min() >= _MIN_INVERTIBLE_WEIGHT)
+        return bool(((bias.abs() < 100.0 * size) & (size >= _MIN_INVERTIBLE_WEIGHT)).all())
 
 
 def _fused(norm: nn.Module, x: torch.Tensor, residual: torch.Tensor | None) -> bool:
@@ -149,7 +149,7 @@ def batch_norm(
         output_kept: the layer after the norm saves the output for its own backward (the attention's projection). A
             plain norm (no ReLU, terms, scales or residual) on the kernel then saves the output instead of its input
             and recovers the normalised input as ``(y - bias) / weight``, so that only one of the two maps stays in
-            memory until the backward pass; where a weight is too small against its bias for that (see
+            memory until the backward pass; where a weight is too small for that, against its bias or at all (see
             :func:`_invertible`), it saves its input as usual.
 
     Examples::
