@@ -7,6 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from monai_medt.networks import gate_values, set_gates_trainable
 from monai_medt.networks.blocks import stem as stem_module
@@ -245,23 +247,40 @@ def test_activation_checkpointing_gives_the_same_gradients(cls):
         torch.testing.assert_close(buffers[0][name], buffers[1][name], atol=1e-6, rtol=1e-5, msg=name)
 
 
+class _HostTensorOps(TorchDispatchMode):
+    """Records every operator call that receives a CPU tensor (a host-to-device copy or a host scalar tensor)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if any(isinstance(a, torch.Tensor) and a.device.type == "cpu" for a in tree_leaves((args, kwargs))):
+            self.calls.append(str(func))
+        return func(*args, **kwargs)
+
+
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_accelerator_path_reads_no_tensor_on_the_host(name):
     """
     The path of every non-CPU device (no fused kernel, unchunked attention) never needs a tensor's value on the host:
     a train step and an eval forward run on the meta device, which holds no data, so any ``.item()``,
-    ``bool(tensor)`` or copy to the CPU would raise. The networks' GPU steps then never wait for the device, and
-    CUDA-graph capture (``benchmarks/bench_networks.py --cuda-graphs``) meets no host read in them.
+    ``bool(tensor)`` or copy to the CPU would raise. Nor does any operator receive a CPU tensor, which on a GPU would
+    be a copy from the host or a host scalar frozen into a captured graph. The networks' GPU steps then never wait for
+    the device, and CUDA-graph capture (``benchmarks/bench_networks.py --cuda-graphs``) meets no host transfer in them.
     """
     with torch.device("meta"):
         net = build(VARIANTS[name], 3, 2, 64)
         x, y = torch.empty(2, 3, 64, 64), torch.zeros(2, 64, 64, dtype=torch.long)
-    F.cross_entropy(net(x), y).backward()
+    with _HostTensorOps() as host_ops:
+        F.cross_entropy(net(x), y).backward()
+        with torch.no_grad():
+            out = net.eval()(x)
     trainable = [p for p in net.parameters() if p.requires_grad]
     assert trainable and all(p.grad is not None and p.grad.is_meta for p in trainable)
-    with torch.no_grad():
-        out = net.eval()(x)
     assert out.is_meta and out.shape == (2, 2, 64, 64)
+    assert host_ops.calls == []
 
 
 @pytest.mark.parametrize("cls", [MedT, AxialUNet])
