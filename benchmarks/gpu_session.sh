@@ -6,8 +6,9 @@
 #      before), fp32 and bf16 autocast; MedT at 256 (fp32, bf16); the paper's batch 4 with graphs; the gated U-Net.
 #      Each line has its own time limit, so a failing or slow line costs at most that.
 #   2. In parallel, after the benchmark: the GlaS bundle's training under torchrun + multi_gpu_train.json (DDP, NCCL,
-#      one process) with AMP, 2 epochs with validation (scripts/glas_cache.py, cache made here by `export`); and a
-#      compiled MedT training step's gradients against eager ones (scripts/check_compile_gradients.py).
+#      one process) with AMP, 2 epochs with validation (scripts/glas_cache.py, cache made here by `export`); a
+#      compiled MedT training step's gradients against eager ones (scripts/check_compile_gradients.py, float64); and
+#      MedT's compiled training throughput at batch 32 (bench_networks.py --compile).
 # Needs in the working tree (git-ignored, carried): .devcache/glas128.pt and .whl/ (monai, pytorch-ignite wheels):
 #   .venv/bin/python scripts/glas_cache.py export --dataset_dir ../shared/data/glas --out .devcache/glas128.pt
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -56,13 +57,21 @@ mkdir -p $R
         --set epochs=2 --set val_interval=1 --set amp=true > $R/ddp_amp.log 2>&1
     stamp "end ddp_amp rc=$?"
 ) & pids="$!"
-(   # does a compiled training step give eager's gradients on this torch + GPU? (CPU inductor: all zero)
+(   # does a compiled training step give eager's gradients on this torch + GPU? (float64; the CPU: 5e-11 relative)
     stamp "start compile_gradients"
     timeout 240 python3 scripts/check_compile_gradients.py --model MedT --size 128 --batch 4 --device cuda \
         > $R/compile_gradients.log 2>&1
     stamp "end compile_gradients rc=$?"
 ) & pids="$pids $!"
+(   # torch.compile (inductor) of the whole network, eager loss and Adam: compiled MedT's gradients are right on the CPU
+    # since the decoders' upsampling change; the compilation takes ~3.5 min on 2 CPU cores
+    stamp "start compiled_bench"
+    timeout 240 $B --models MedT --batch 32 $FP32 --compile > $R/compiled_bench.log 2>&1
+    stamp "end compiled_bench rc=$?"
+) & pids="$pids $!"
 wait $pids  # not a bare wait: bash would also wait for the tee above
-for f in $R/*.log; do echo "== $f"; grep -E "Epoch\[[0-9]+\] Complete|best value|Error|error|gradients" "$f" | tail -6; done
+for f in $R/*.log; do
+    echo "== $f"; grep -E "Epoch\[[0-9]+\] Complete|best value|Error|error|gradients|^MedT" "$f" | tail -6
+done
 tar czf "$OUT/runs.tgz" -C $R --exclude="*.pt" .
 stamp "done"
