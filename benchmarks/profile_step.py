@@ -10,6 +10,12 @@ operators, sorted by their own CPU time, over ``--steps`` steps after three warm
 
 ``--shapes OP`` lists that operator's calls by input shapes instead (for ``aten::convolution_backward`` with the
 achieved GFLOP/s).
+
+``--count-ops`` counts the operators of one training forward + backward on the accelerator path instead (the network
+on the meta device, which runs the PyTorch attention and no CPU kernel): on a GPU each operator that is not a view is
+about one kernel launch, and an eager step whose kernels are small is bound by their number.
+
+    python benchmarks/profile_step.py --model MedT --count-ops
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import platform
 
 import torch
 from torch.profiler import ProfilerActivity, profile
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from monai_medt.networks import nets
 from monai_medt.networks.blocks.cpu_kernel import cpu_kernel
@@ -47,6 +54,45 @@ def print_shapes(prof, op: str, total: float, steps: int, rows: int) -> None:
         print(f"{100 * e.self_cpu_time_total / total:6.1f}% {ms:8.2f} {e.count / steps:10.0f} {rate}  {e.input_shapes}")
 
 
+# operators that launch no kernel besides the views: allocations and views the schema does not mark as such
+_NO_KERNEL = {"_unsafe_view", "empty", "empty_like", "empty_strided", "new_empty"}
+
+
+class _OperatorCounter(TorchDispatchMode):
+    """Counts the operators dispatched while active: views and allocations (no kernel) and the others, by name."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.views = 0
+        self.kernels: dict[str, int] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.is_view or func.overloadpacket.__name__ in _NO_KERNEL:
+            self.views += 1
+        else:
+            name = func.overloadpacket.__name__
+            self.kernels[name] = self.kernels.get(name, 0) + 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_ops(model: str, size: int, batch: int, rows: int) -> None:
+    """Print the operators of one training forward + backward (cross-entropy loss) on the meta device."""
+    with torch.device("meta"):
+        net = getattr(nets, model)(in_channels=3, out_channels=2, img_size=size).train()
+        x = torch.rand(batch, 3, size, size)
+        y = torch.randint(0, 2, (batch, size, size))
+    torch.nn.functional.cross_entropy(net(x), y).backward()  # first step: lazy initialisations stay out of the count
+    net.zero_grad(set_to_none=True)
+    with _OperatorCounter() as counter:
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+    total = sum(counter.kernels.values())
+    print(f"# torch {torch.__version__}; {model} train forward + backward, {batch}x3x{size}x{size}, accelerator path "
+          f"(meta device): {total} operators besides {counter.views} views and allocations")
+    print(f"{'calls':>7}  operator")
+    for name, calls in sorted(counter.kernels.items(), key=lambda kv: -kv[1])[:rows]:
+        print(f"{calls:7d}  aten::{name}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="MedT", choices=["MedT", "LoGo", "GatedAxialUNet", "AxialUNet"])
@@ -57,7 +103,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--rows", type=int, default=25, help="operators to list")
     parser.add_argument("--shapes", default=None, help="list this operator's calls by input shapes")
+    parser.add_argument("--count-ops", action="store_true", help="count the accelerator path's operators instead")
     args = parser.parse_args()
+    if args.count_ops:
+        count_ops(args.model, args.size, args.batch, args.rows)
+        return
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -10,7 +10,13 @@ import pytest
 import torch
 
 from monai_medt.networks.blocks.cpu_kernel import KERNEL_ENV, cpu_kernel
-from monai_medt.networks.blocks.logit_moments import logit_moments, logit_moments_reference, map_logit_moments
+from monai_medt.networks.blocks.logit_moments import (
+    logit_moments,
+    logit_moments_reference,
+    logit_norm_scale,
+    logit_norm_scale_reference,
+    map_logit_moments,
+)
 
 
 def _inputs(channels: int, length: int = 5, dtype: torch.dtype = torch.float64) -> list[torch.Tensor]:
@@ -137,3 +143,38 @@ def test_map_moments_equal_sequence_moments(height, channels_last, channels):
     dqkv = results[0][2].view(2, heads, -1, 5, 6)
     assert dqkv[:, :, 2 * channels :].abs().max() == 0
     assert dqkv[:, :, : 2 * channels].abs().max() > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_norm_scale_matches_autograd_of_the_formula(dtype):
+    """
+    The logit norm's scale and its written backward against autograd through the plain formula, including a term whose
+    rounded variance is negative (clamped to zero: no gradient to its moments through the variance).
+    """
+    g = torch.Generator().manual_seed(7)
+    means = (torch.randn(3, 4, generator=g, dtype=torch.float64) + 2.0).requires_grad_()
+    squares = (means.detach() ** 2 + torch.rand(3, 4, generator=g, dtype=torch.float64) + 0.1).requires_grad_()
+    with torch.no_grad():
+        squares[1, 2] = means[1, 2] ** 2 - 1e-9  # E[X^2] - E[X]^2 < 0 by rounding
+    weight = (torch.randn(12, generator=g) + 1.0).to(dtype if dtype == torch.float64 else torch.float32)
+    weight.requires_grad_()
+    upstream = torch.randn(12, generator=g, dtype=torch.float64).to(dtype)
+    results = []
+    for fn in (logit_norm_scale, logit_norm_scale_reference):
+        scale, var = fn(means, squares, weight, 1e-5, dtype)
+        assert scale.dtype == dtype and var.dtype == torch.float64 and not var.requires_grad
+        grads = torch.autograd.grad((scale * upstream).sum(), (means, squares, weight))
+        results.append([scale, var, *grads])
+    assert results[0][1][6] == 0.0  # the clamped term
+    assert results[0][3][1, 2] == 0.0 and results[0][2][1, 2] == 0.0  # no gradient through the clamp
+    assert results[0][3].abs().max() > 1e-3  # and gradients elsewhere
+    for name, got, want in zip(["scale", "var", "means", "squares", "weight"], *results):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=0, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_norm_scale_gradcheck():
+    g = torch.Generator().manual_seed(8)
+    means = (torch.randn(3, 2, generator=g, dtype=torch.float64)).requires_grad_()
+    squares = (means.detach() ** 2 + torch.rand(3, 2, generator=g, dtype=torch.float64) + 0.5).requires_grad_()
+    weight = torch.randn(6, generator=g, dtype=torch.float64).requires_grad_()
+    assert torch.autograd.gradcheck(lambda *a: logit_norm_scale(*a, 1e-5, torch.float64)[0], (means, squares, weight))

@@ -42,11 +42,27 @@ def chunk_rows(num_rows: int, length: int, device: torch.device, chunk_bytes: in
     return max(1, min(num_rows, chunk_bytes // (4 * length * length)))
 
 
+def _batched(x: torch.Tensor) -> bool:
+    """
+    Whether the logits and the value-embedding gradient use batched matrix products (accelerators) rather than one
+    broadcast pass over the (N, L, L) map per channel (the CPU, where the channel counts of 1-8 favour broadcasting;
+    on accelerators each pass is a kernel launch and a full read and write of the map).
+    """
+    return x.device.type != "cpu"
+
+
 def _logits(
     q1: torch.Tensor, k: torch.Tensor, q2: torch.Tensor, rq: torch.Tensor, k3: torch.Tensor, wk: torch.Tensor,
     positional: bool,
 ) -> torch.Tensor:
-    # outer products per channel: the channel counts are tiny (1-8), where broadcasting beats a matmul
+    if _batched(q1):
+        s = torch.bmm(q1, k.transpose(1, 2))
+        if positional:
+            # q2[n, i] . rq[:, i, j] batched over i; k3[n, j] . wk[:, i, j] batched over j
+            s += torch.matmul(q2.transpose(0, 1), rq.transpose(0, 1)).transpose(0, 1)
+            s += torch.matmul(k3.transpose(0, 1), wk.permute(2, 0, 1)).permute(1, 2, 0)
+        return s
+    # outer products per channel
     s = q1[:, :, None, 0] * k[:, None, :, 0]
     for c in range(1, q1.shape[-1]):
         s.addcmul_(q1[:, :, None, c], k[:, None, :, c])
@@ -125,35 +141,66 @@ class RelativeAttentionFunction(torch.autograd.Function):
         positional, rows = ctx.positional, ctx.rows
         n = q1.shape[0]
         dsv = dsv.contiguous()
-        dq1, dk, dv = torch.empty_like(q1), torch.empty_like(k), torch.empty_like(v)
-        dq2, dk3 = torch.zeros_like(q2), torch.zeros_like(k3)
-        drq, dwk, drv = torch.zeros_like(rq), torch.zeros_like(wk), torch.zeros_like(rv)
         # softmax backward needs sum_j A dA per row, which equals dsv . sv + dsve . sve
         delta = (dsv * sv).sum(-1, keepdim=True)
         if positional:
             dsve = dsve.contiguous()
             delta = delta + (dsve * sve).sum(-1, keepdim=True)
-        for start in range(0, n, rows):
-            stop = min(n, start + rows)
-            sl = slice(start, stop)
-            a = torch.softmax(_logits(q1[sl], k[sl], q2[sl], rq, k3[sl], wk, positional), dim=-1)
-            da = torch.bmm(dsv[sl], v[sl].transpose(1, 2))
-            if positional:
-                for c in range(rv.shape[0]):
-                    da.addcmul_(dsve[sl, :, c : c + 1], rv[c])
-                # drv[c, i, j] = sum_n a[n, i, j] dsve[n, i, c]
-                drv += torch.matmul(dsve[sl].permute(1, 2, 0), a.transpose(0, 1)).permute(1, 0, 2)
-            dv[sl] = torch.bmm(a.transpose(1, 2), dsv[sl])
-            ds = da.sub_(delta[sl]).mul_(a)  # softmax backward, in place
-            ds_t = ds.transpose(1, 2)
-            dq1[sl] = torch.bmm(ds, k[sl])
-            dk[sl] = torch.bmm(ds_t, q1[sl])
-            if positional:
-                dq2[sl] = _value_embedding(ds, rq)
-                ds_t = ds_t.contiguous()
-                dk3[sl] = _value_embedding(ds_t, wk.transpose(1, 2))
-                drq += torch.matmul(q2[sl].permute(1, 2, 0), ds.transpose(0, 1)).permute(1, 0, 2)
-                dwk += torch.matmul(k3[sl].permute(1, 2, 0), ds_t.transpose(0, 1)).permute(1, 2, 0)
-        if not positional:
-            return dq1, dk, None, None, None, None, dv, None, None, None
+        if rows >= n:  # one chunk (accelerators): no output buffers to fill, fewer kernel launches
+            grads = _chunk_backward(q1, k, q2, rq, k3, wk, v, rv, dsv, dsve, delta, positional)
+        else:
+            grads = _chunked_backward(q1, k, q2, rq, k3, wk, v, rv, dsv, dsve, delta, positional, rows)
+        dq1, dk, dv, dq2, drq, dk3, dwk, drv = grads
         return dq1, dk, dq2, drq, dk3, dwk, dv, drv, None, None
+
+
+def _chunk_backward(q1, k, q2, rq, k3, wk, v, rv, dsv, dsve, delta, positional: bool):
+    """
+    Gradients of one chunk of sequences: (dq1, dk, dv, dq2, drq, dk3, dwk, drv), the last five None unless
+    ``positional``; ``delta`` is the chunk's sum_j A dA per row.
+    """
+    a = torch.softmax(_logits(q1, k, q2, rq, k3, wk, positional), dim=-1)
+    da = torch.bmm(dsv, v.transpose(1, 2))
+    drv = None
+    if positional:
+        if _batched(da):  # da[n, i, j] += dsve[n, i] . rv[:, i, j], batched over i
+            da += torch.matmul(dsve.transpose(0, 1), rv.transpose(0, 1)).transpose(0, 1)
+        else:
+            for c in range(rv.shape[0]):
+                da.addcmul_(dsve[:, :, c : c + 1], rv[c])
+        # drv[c, i, j] = sum_n a[n, i, j] dsve[n, i, c]
+        drv = torch.matmul(dsve.permute(1, 2, 0), a.transpose(0, 1)).permute(1, 0, 2)
+    dv = torch.bmm(a.transpose(1, 2), dsv)
+    ds = da.sub_(delta).mul_(a)  # softmax backward, in place
+    ds_t = ds.transpose(1, 2)
+    dq1 = torch.bmm(ds, k)
+    dk = torch.bmm(ds_t, q1)
+    if not positional:
+        return dq1, dk, dv, None, None, None, None, None
+    dq2 = _value_embedding(ds, rq)
+    ds_t = ds_t.contiguous()
+    dk3 = _value_embedding(ds_t, wk.transpose(1, 2))
+    drq = torch.matmul(q2.permute(1, 2, 0), ds.transpose(0, 1)).permute(1, 0, 2)
+    dwk = torch.matmul(k3.permute(1, 2, 0), ds_t.transpose(0, 1)).permute(1, 2, 0)
+    return dq1, dk, dv, dq2, drq, dk3, dwk, drv
+
+
+def _chunked_backward(q1, k, q2, rq, k3, wk, v, rv, dsv, dsve, delta, positional: bool, rows: int):
+    """:func:`_chunk_backward` over chunks of ``rows`` sequences (the CPU's cache-sized chunks)."""
+    n = q1.shape[0]
+    grads = [torch.empty_like(q1), torch.empty_like(k), torch.empty_like(v)]
+    if positional:
+        grads += [torch.empty_like(q2), torch.zeros_like(rq), torch.empty_like(k3), torch.zeros_like(wk)]
+        grads += [torch.zeros_like(rv)]
+    for start in range(0, n, rows):
+        sl = slice(start, min(n, start + rows))
+        chunk = _chunk_backward(
+            q1[sl], k[sl], q2[sl], rq, k3[sl], wk, v[sl], rv, dsv[sl], dsve[sl] if positional else dsve, delta[sl],
+            positional,
+        )
+        for index, grad in enumerate(chunk[: len(grads)]):
+            if index in (4, 6, 7):  # the tables' gradients sum over all sequences
+                grads[index] += grad
+            else:
+                grads[index][sl] = grad
+    return tuple(grads) + (None,) * (8 - len(grads))

@@ -26,7 +26,13 @@ from monai_medt.networks.blocks.attention_core import RelativeAttentionFunction,
 from monai_medt.networks.blocks.batch_norm import batch_norm, update_running_stats
 from monai_medt.networks.blocks.conv_norm import conv_norm, norm_affine
 from monai_medt.networks.blocks.cpu_kernel import cpu_kernel, fused_map_attention, fused_relative_attention
-from monai_medt.networks.blocks.logit_moments import logit_moments, logit_moments_reference, map_logit_moments
+from monai_medt.networks.blocks.logit_moments import (
+    logit_moments,
+    logit_moments_reference,
+    logit_norm_scale,
+    logit_norm_scale_reference,
+    map_logit_moments,
+)
 
 __all__ = ["AxialAttention", "GatedAxialAttention", "AxialAttentionNoPos", "AXES", "GATE_POSITIONS", "GATE_NAMES"]
 
@@ -217,15 +223,11 @@ class _AxialAttentionBase(nn.Module):
         v = v.reshape(-1, self.head_dim, length).transpose(1, 2)
         return q, k, v
 
-    def _map_view(self, out: torch.Tensor, b: int, h: int, w: int, terms: int) -> torch.Tensor:
-        """(B*O*G, L, d, terms) viewed (no copy) as (B, G, d, terms, H, W): the sequence layout seen in map order."""
-        if self.axis == "height":
-            return out.view(b, w, self.num_heads, h, self.head_dim, terms).permute(0, 2, 4, 5, 3, 1)
-        return out.view(b, h, self.num_heads, w, self.head_dim, terms).permute(0, 2, 4, 5, 1, 3)
-
     def _term_view(self, term: torch.Tensor, b: int, h: int, w: int) -> torch.Tensor:
-        """One term (B*O*G, L, d) viewed (no copy) as (B, G, d, H, W)."""
-        return self._map_view(term, b, h, w, 1)[:, :, :, 0]
+        """One term (B*O*G, L, d) viewed (no copy) as (B, G, d, H, W): the sequence layout seen in map order."""
+        if self.axis == "height":
+            return term.view(b, w, self.num_heads, h, self.head_dim).permute(0, 2, 4, 3, 1)
+        return term.view(b, h, self.num_heads, w, self.head_dim).permute(0, 2, 4, 1, 3)
 
     def _to_map(self, terms: list[torch.Tensor], b: int, h: int, w: int) -> torch.Tensor:
         """
@@ -332,17 +334,27 @@ class _AxialAttentionBase(nn.Module):
         norm = self.logit_norm
         weight = norm.weight
         eps = norm.eps
+        dtype = _core_dtype(weight.dtype)
         if self.training or norm.running_var is None:
-            mean = means.reshape(-1)
-            var = (squares.reshape(-1) - mean * mean).clamp_min(0.0)
+            if torch.jit.is_scripting():
+                scale, var = logit_norm_scale_reference(means, squares, weight, eps, dtype)
+            else:
+                scale, var = self._batch_scale_eager(means, squares, weight, eps, dtype)
             if self.training and norm.running_mean is not None and norm.running_var is not None:
                 update_running_stats(
-                    norm.running_mean, norm.running_var, norm.num_batches_tracked, norm.momentum, mean, var, count
+                    norm.running_mean, norm.running_var, norm.num_batches_tracked, norm.momentum, means.reshape(-1),
+                    var, count,
                 )
-            scale = weight.double() / torch.sqrt(var + eps)
         else:
-            scale = weight.double() / torch.sqrt(norm.running_var.double() + eps)
-        return scale.to(_core_dtype(weight.dtype)).view(terms, self.num_heads)
+            scale = (weight.double() / torch.sqrt(norm.running_var.double() + eps)).to(dtype)
+        return scale.view(terms, self.num_heads)
+
+    @torch.jit.unused
+    def _batch_scale_eager(
+        self, means: torch.Tensor, squares: torch.Tensor, weight: torch.Tensor, eps: float, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training scale through the autograd function of :func:`logit_norm_scale` (not scriptable)."""
+        return logit_norm_scale(means, squares, weight, eps, dtype)
 
 
 class AxialAttention(_AxialAttentionBase):
@@ -455,9 +467,11 @@ class AxialAttention(_AxialAttentionBase):
         if self.gate_after_norm:
             scales = scales * torch.stack([torch.ones_like(gates[0]), gates[0], gates[1]]).view(3, 1)
         qh = q.view(rows, heads, length, qk_dim)
-        q1 = (qh * scales[0].view(1, heads, 1, 1)).view(n, length, qk_dim)
-        q2 = (qh * scales[1].view(1, heads, 1, 1)).view(n, length, qk_dim)
-        k3 = (k.reshape(rows, heads, length, qk_dim) * scales[2].view(1, heads, 1, 1)).view(n, length, qk_dim)
+        # unbind: one backward op for the three scales (indexing each would zero-fill and copy one gradient each)
+        content, query, key = scales.view(3, 1, heads, 1, 1).unbind(0)
+        q1 = (qh * content).view(n, length, qk_dim)
+        q2 = (qh * query).view(n, length, qk_dim)
+        k3 = (k.reshape(rows, heads, length, qk_dim) * key).view(n, length, qk_dim)
         sv, sve = self._attend(q1, k, q2, rq, k3, wk, v, rv, True)
         # nested: TorchScript drops a branch only when its condition is is_scripting() alone
         if not torch.jit.is_scripting():  # noqa: SIM102
@@ -623,7 +637,7 @@ class AxialAttentionNoPos(_AxialAttentionBase):
         rows = n // heads
         means, squares = self._logit_moments(q, k, None, None)
         scale = self._fold_logit_norm(means, squares, rows * length * length, 1)
-        q1 = (q.view(rows, heads, length, qk_dim) * scale[0].view(1, heads, 1, 1)).view(n, length, qk_dim)
+        q1 = (q.view(rows, heads, length, qk_dim) * scale.view(1, heads, 1, 1)).view(n, length, qk_dim)
         empty = q1.new_zeros((0, length, length))
         sv, _ = self._attend(q1, k, q1, empty, q1, empty, v, empty, False)
         # nested: TorchScript drops a branch only when its condition is is_scripting() alone

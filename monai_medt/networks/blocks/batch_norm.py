@@ -80,8 +80,9 @@ def update_running_stats(
     num_batches_tracked.add_(1)
     factor = 1.0 / float(num_batches_tracked.item()) if momentum is None else momentum
     unbiased = var.detach() * (count / max(count - 1, 1))
-    running_mean.mul_(1.0 - factor).add_(mean.detach().to(running_mean.dtype) * factor)
-    running_var.mul_(1.0 - factor).add_(unbiased.to(running_var.dtype) * factor)
+    # (1 - factor) running + factor batch, one op per buffer (each op is a kernel launch on accelerators)
+    running_mean.lerp_(mean.detach().to(running_mean.dtype), factor)
+    running_var.lerp_(unbiased.to(running_var.dtype), factor)
 
 
 def _tracks(norm: nn.Module) -> bool:

@@ -27,9 +27,12 @@ from monai_medt.networks.blocks.cpu_kernel import cpu_kernel
 
 __all__ = [
     "LogitMomentsFunction",
+    "LogitNormScaleFunction",
     "MapLogitMomentsFunction",
     "logit_moments",
     "logit_moments_reference",
+    "logit_norm_scale",
+    "logit_norm_scale_reference",
     "map_logit_moments",
 ]
 
@@ -83,10 +86,10 @@ def _kernel_for(x: torch.Tensor):
     return cpu_kernel()
 
 
-def _sums(x: torch.Tensor, per_position: bool) -> list[torch.Tensor]:
+def _sums(x: torch.Tensor, per_position: bool) -> list[torch.Tensor | None]:
     """
     Float64 sums of x (R, G, L, c): over positions per sequence and head, of x (R, G, c) and x x^T (R, G, c, c), and
-    where ``per_position``, over sequences per head and position, of x (G, L, c) and x x^T (G, L, c, c) (else empty).
+    where ``per_position``, over sequences per head and position, of x (G, L, c) and x x^T (G, L, c, c) (else None).
     """
     kernel = _kernel_for(x)
     if kernel is not None:
@@ -94,7 +97,7 @@ def _sums(x: torch.Tensor, per_position: bool) -> list[torch.Tensor]:
     xd = x.flatten(0, 1).double() if x.dim() == 5 else x.double()
     sums = [xd.sum(2), torch.matmul(xd.transpose(2, 3), xd)]
     if not per_position:
-        return sums + [xd.new_empty(0), xd.new_empty(0)]
+        return sums + [None, None]
     return sums + [xd.sum(0), _second_moments(xd)]
 
 
@@ -166,7 +169,8 @@ def _moments(q: torch.Tensor, k: torch.Tensor, rq: torch.Tensor | None, wk: torc
         means += [(q_pos * rq_sum.t()).sum((1, 2)), (k_pos * wk_sum.t()).sum((1, 2))]
         squares += [(mom_q * gram_rq).sum((1, 2, 3)), (mom_k * gram_wk).sum((1, 2, 3))]
         saved += [rqd, wkd, rq_sum, wk_sum, q_pos, k_pos, mom_q, mom_k, gram_rq, gram_wk]
-    return torch.stack(means) / count, torch.stack(squares) / count, saved, count
+    moments = torch.stack(means + squares).div_(count)  # one op for both (each op is a kernel launch on accelerators)
+    return moments[: len(means)], moments[len(means) :], saved, count
 
 
 def _coefficients(saved: list[torch.Tensor], grad_means: torch.Tensor, grad_squares: torch.Tensor, count: int):
@@ -304,3 +308,74 @@ def map_logit_moments(
     if (rq is None) != (wk is None):
         raise ValueError("rq and wk must be given together (position terms) or both be None (content only).")
     return MapLogitMomentsFunction.apply(qkv, rq, wk, num_heads, qk_dim, height)
+
+
+def logit_norm_scale_reference(
+    means: torch.Tensor, squares: torch.Tensor, weight: torch.Tensor, eps: float, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    The training-mode scale ``weight / sqrt(var + eps)`` of the logit batch norm, from the batch means and mean squares
+    of the logit terms (each (terms, G), float64), with ordinary differentiable ops (TorchScript, tracing and
+    compilation use it).
+
+    Returns:
+        the scale (terms * G,) in ``dtype`` and the batch variance (terms * G,) float64 (for the running statistics).
+    """
+    mean = means.reshape(-1)
+    var = (squares.reshape(-1) - mean * mean).clamp_min(0.0)
+    return (weight.double() / torch.sqrt(var + eps)).to(dtype), var.detach()
+
+
+class LogitNormScaleFunction(torch.autograd.Function):
+    """
+    :func:`logit_norm_scale_reference` with its backward written out: autograd's graph of the same few float64 ops
+    is about two dozen small backward ops per attention layer, each a kernel launch on accelerators.
+    """
+
+    @staticmethod
+    def forward(ctx, means, squares, weight, eps: float, dtype: torch.dtype):  # type: ignore[override]
+        mean = means.reshape(-1)
+        raw = squares.reshape(-1) - mean * mean
+        var = raw.clamp_min(0.0)
+        std = torch.sqrt(var + eps)
+        scale = weight.double() / std
+        ctx.save_for_backward(mean, raw, std, scale)
+        ctx.types = (means.shape, weight.dtype)
+        ctx.mark_non_differentiable(var)
+        ctx.set_materialize_grads(False)  # the variance's gradient stays None instead of a zero-filled tensor
+        return scale.to(dtype), var
+
+    @staticmethod
+    def backward(ctx, grad_scale, grad_var):  # type: ignore[override]
+        if grad_scale is None:
+            return None, None, None, None, None
+        mean, raw, std, scale = ctx.saved_tensors
+        shape, weight_dtype = ctx.types
+        grad = grad_scale.double()
+        grad_weight = (grad / std).to(weight_dtype) if ctx.needs_input_grad[2] else None
+        # d scale / d var = -scale / (2 (var + eps)), where the clamp lets the variance through (raw >= 0); the
+        # variance is squares - mean^2
+        grad_squares = (grad * scale / (std * std)).mul_(-0.5).masked_fill_(raw < 0, 0.0)
+        grad_means = (mean * grad_squares).mul_(-2.0)
+        return grad_means.view(shape), grad_squares.view(shape), grad_weight, None, None
+
+
+def logit_norm_scale(
+    means: torch.Tensor, squares: torch.Tensor, weight: torch.Tensor, eps: float, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    :func:`logit_norm_scale_reference` through :class:`LogitNormScaleFunction` in eager mode (the same values and
+    gradients in fewer ops), through the plain formula under tracing or compilation.
+
+    Args:
+        means, squares: (terms, G) float64 batch means and mean squares of the logit terms (:func:`logit_moments`).
+        weight: (terms * G,) the logit batch norm's weight.
+        eps: the batch norm's eps.
+        dtype: the scale's dtype.
+
+    Returns:
+        the scale (terms * G,) in ``dtype`` and the batch variance (terms * G,) float64, not differentiable.
+    """
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return logit_norm_scale_reference(means, squares, weight, eps, dtype)
+    return LogitNormScaleFunction.apply(means, squares, weight, eps, dtype)
