@@ -54,8 +54,8 @@ def print_shapes(prof, op: str, total: float, steps: int, rows: int) -> None:
         print(f"{100 * e.self_cpu_time_total / total:6.1f}% {ms:8.2f} {e.count / steps:10.0f} {rate}  {e.input_shapes}")
 
 
-# operators that launch no kernel besides the views: allocations and views the schema does not mark as such
-_NO_KERNEL = {"_unsafe_view", "empty", "empty_like", "empty_strided", "new_empty"}
+# operators that launch no kernel besides the views: allocations, views the schema does not mark as such, dtype queries
+_NO_KERNEL = {"_unsafe_view", "empty", "empty_like", "empty_strided", "new_empty", "promote_types"}
 
 
 class _OperatorCounter(TorchDispatchMode):
