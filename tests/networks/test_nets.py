@@ -11,9 +11,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from monai_medt.networks import gate_values, set_gates_trainable
+from monai_medt.networks.blocks import attention_core
 from monai_medt.networks.blocks import stem as stem_module
 from monai_medt.networks.blocks.axial_attention import GatedAxialAttention
 from monai_medt.networks.blocks.conv_norm import conv_norm
+from monai_medt.networks.blocks.cpu_kernel import KERNEL_ENV
 from monai_medt.networks.blocks.stem import ConvStem
 from monai_medt.networks.nets import AxialUNet, GatedAxialUNet, LoGo, MedT
 
@@ -315,8 +317,15 @@ def test_autocast_training_step(dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_gated_attention_gradients_under_autocast(dtype):
-    """The attention core runs in fp32 under autocast, so a gated axial attention's gradients match fp32's."""
+@pytest.mark.parametrize("batched", [False, True])
+def test_gated_attention_gradients_under_autocast(dtype, batched, monkeypatch):
+    """
+    The attention core runs in fp32 under autocast, so a gated axial attention's gradients match fp32's; also on the
+    PyTorch path with the batched logits of accelerators (``batched``).
+    """
+    if batched:
+        monkeypatch.setenv(KERNEL_ENV, "0")
+        monkeypatch.setattr(attention_core, "_batched", lambda x: True)
     torch.manual_seed(0)
     attn = GatedAxialAttention(16, 16, kernel_size=32, axis="width", learnable_gates=True)
     x = torch.randn(2, 16, 32, 32, requires_grad=True)
