@@ -9,32 +9,10 @@ import torch
 
 from monai_medt.networks.blocks import attention_core
 from monai_medt.networks.blocks.attention_core import RelativeAttentionFunction, relative_attention
+from tests.networks.attention_inputs import attention_inputs, outputs_and_gradients
 
 # (sequences, length, qk channels, value channels): one query channel, and several with more value channels
 SHAPES = [(7, 11, 1, 2), (5, 9, 4, 8), (3, 6, 8, 16)]
-
-
-def _inputs(n: int, length: int, qk_dim: int, head_dim: int) -> list[torch.Tensor]:
-    def make(*shape):
-        return torch.randn(*shape, dtype=torch.float64).requires_grad_(True)
-
-    # the key-position table arrives as a transposed view in the layers
-    wk = torch.randn(qk_dim, length, length, dtype=torch.float64).transpose(1, 2).detach().requires_grad_(True)
-    return [
-        make(n, length, qk_dim),  # q1
-        make(n, length, qk_dim),  # k
-        make(n, length, qk_dim),  # q2
-        make(qk_dim, length, length),  # rq
-        make(n, length, qk_dim),  # k3
-        wk,
-        make(n, length, head_dim),  # v
-        make(head_dim, length, length),  # rv
-    ]
-
-
-def _outputs_and_gradients(outputs, inputs, weights) -> list[torch.Tensor | None]:
-    loss = sum((t * w).sum() for t, w in zip(outputs, weights))
-    return [t.detach() for t in outputs] + list(torch.autograd.grad(loss, inputs, allow_unused=True))
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -47,13 +25,13 @@ def test_function_matches_autograd_of_the_per_channel_form(shape, positional, ba
     (accelerator) form of the logits and of the value-embedding gradient, against autograd through the per-channel
     forward: the same outputs and gradients of all eight inputs (None for the position inputs without positions).
     """
-    inputs = _inputs(*shape)
+    inputs = attention_inputs(*shape, torch.float64)
     expected = relative_attention(*inputs, positional, shape[0])
     weights = [torch.randn_like(t) for t in expected]
-    expected = _outputs_and_gradients(expected, inputs, weights)
+    expected = outputs_and_gradients(expected, inputs, weights)
 
     monkeypatch.setattr(attention_core, "_batched", lambda x: batched)
-    result = _outputs_and_gradients(RelativeAttentionFunction.apply(*inputs, positional, rows), inputs, weights)
+    result = outputs_and_gradients(RelativeAttentionFunction.apply(*inputs, positional, rows), inputs, weights)
     names = ["sv", "sve", "q1", "k", "q2", "rq", "k3", "wk", "v", "rv"]
     for name, got, want in zip(names, result, expected):
         if want is None:
@@ -65,7 +43,7 @@ def test_function_matches_autograd_of_the_per_channel_form(shape, positional, ba
 @pytest.mark.parametrize("positional", [True, False])
 def test_batched_forward_equals_per_channel_forward(positional, monkeypatch):
     """The batched logits (accelerators) give the per-channel form's outputs without autograd (inference)."""
-    inputs = [t.detach() for t in _inputs(6, 10, 4, 8)]
+    inputs = [t.detach() for t in attention_inputs(6, 10, 4, 8, torch.float64)]
     expected = relative_attention(*inputs, positional, 6)
     monkeypatch.setattr(attention_core, "_batched", lambda x: True)
     for got, want in zip(relative_attention(*inputs, positional, 6), expected):

@@ -22,6 +22,7 @@ from monai_medt.networks.blocks.cpu_kernel import (
     fused_relative_attention,
 )
 from tests.conftest import count_applies
+from tests.networks.attention_inputs import attention_inputs, outputs_and_gradients
 
 
 @pytest.fixture
@@ -31,30 +32,6 @@ def kernel():
     module = cpu_kernel()
     assert module is not None, "the fused CPU attention kernel did not build (see the warning above)"
     return module
-
-
-def _inputs(n: int, length: int, qk_dim: int, head_dim: int, dtype: torch.dtype, scale: float = 1.0):
-    def make(*shape):
-        return (torch.randn(*shape, dtype=dtype) * scale).requires_grad_(True)
-
-    # the key-position table arrives as a transposed view in the layers; the kernel must accept any strides
-    wk = (torch.randn(qk_dim, length, length, dtype=dtype) * scale).transpose(1, 2).detach().requires_grad_(True)
-    return [
-        make(n, length, qk_dim),  # q1
-        make(n, length, qk_dim),  # k
-        make(n, length, qk_dim),  # q2
-        make(qk_dim, length, length),  # rq
-        make(n, length, qk_dim),  # k3
-        wk,
-        make(n, length, head_dim),  # v
-        make(head_dim, length, length),  # rv
-    ]
-
-
-def _outputs_and_gradients(outputs, inputs, weights):
-    """The outputs, then the gradients of sum(outputs * weights) for every input (None where unused)."""
-    loss = sum((t * w.to(t.dtype)).sum() for t, w in zip(outputs, weights))
-    return list(outputs) + list(torch.autograd.grad(loss, inputs, allow_unused=True))
 
 
 # (sequences, length, qk channels, value channels): 7 sequences split unevenly over the threads' chunks; lengths
@@ -74,12 +51,12 @@ def _scale(shape) -> float:
 @pytest.mark.parametrize("shape", SHAPES)
 def test_fused_matches_pytorch_values_and_gradients(kernel, positional, dtype, shape):
     """Outputs and all eight input gradients against the PyTorch implementation evaluated in float64."""
-    inputs = _inputs(*shape, torch.float64, scale=_scale(shape))
+    inputs = attention_inputs(*shape, torch.float64, scale=_scale(shape))
     expected = relative_attention(*inputs, positional, 3)
     weights = [torch.randn_like(t) for t in expected]
-    expected = _outputs_and_gradients(expected, inputs, weights)
+    expected = outputs_and_gradients(expected, inputs, weights)
     cast = [t.detach().to(dtype).requires_grad_(True) for t in inputs]
-    result = _outputs_and_gradients(fused_relative_attention(*cast, positional), cast, weights)
+    result = outputs_and_gradients(fused_relative_attention(*cast, positional), cast, weights)
     names = ["sv", "sve", "q1", "k", "q2", "rq", "k3", "wk", "v", "rv"]
     for name, got, want in zip(names, result, expected):
         if want is None:  # position inputs of the non-positional variant
@@ -96,7 +73,7 @@ def test_fused_matches_pytorch_values_and_gradients(kernel, positional, dtype, s
 @pytest.mark.parametrize("shape", SHAPES)
 def test_fused_inference_forward_matches_pytorch(kernel, positional, shape, monkeypatch):
     """Without gradients the kernel's inference call runs (no softmax statistics kept), not the autograd function."""
-    inputs = [t.detach() for t in _inputs(*shape, torch.float64, scale=_scale(shape))]
+    inputs = [t.detach() for t in attention_inputs(*shape, torch.float64, scale=_scale(shape))]
     expected = relative_attention(*inputs, positional, 3)
 
     def autograd_function(*args):
@@ -125,7 +102,7 @@ def test_avx2_build_matches_avx512_build(kernel, tmp_path):
     names = ["sv", "sve", "dq1", "dkt", "dvt", "dq2", "dk3t", "drq", "dwk", "drv"]
     for positional in (True, False):
         for shape in SHAPES + [(4, 64, 2, 4)]:
-            inputs = [t.detach().float() for t in _inputs(*shape, torch.float64, scale=_scale(shape))]
+            inputs = [t.detach().float() for t in attention_inputs(*shape, torch.float64, scale=_scale(shape))]
             layout = kernel_module._kernel_layout(*inputs, positional)
             grads = [torch.randn(shape[0], shape[1], shape[3]) for _ in range(2)]
             if not positional:
@@ -141,14 +118,14 @@ def test_avx2_build_matches_avx512_build(kernel, tmp_path):
 
 
 def test_fused_gradcheck(kernel):
-    inputs = _inputs(3, 5, 1, 2, torch.float64)
+    inputs = attention_inputs(3, 5, 1, 2, torch.float64)
     assert torch.autograd.gradcheck(lambda *a: fused_relative_attention(*a, True), inputs)
 
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_fused_independent_of_thread_count(kernel, threads):
     """The position-table gradients are summed from per-chunk buffers: the sum must not depend on the split."""
-    inputs = _inputs(9, 16, 2, 4, torch.float64)
+    inputs = attention_inputs(9, 16, 2, 4, torch.float64)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -164,7 +141,7 @@ def test_fused_independent_of_thread_count(kernel, threads):
 
 def test_softmax_of_large_logits(kernel):
     """The kernel's exp is exact enough where the logits spread over hundreds (rows with one dominant key)."""
-    inputs = _inputs(4, 16, 2, 2, torch.float32, scale=6.0)
+    inputs = attention_inputs(4, 16, 2, 2, torch.float32, scale=6.0)
     with torch.no_grad():
         expected = relative_attention(*inputs, True, 4)
         result = fused_relative_attention(*inputs, True)

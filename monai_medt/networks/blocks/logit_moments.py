@@ -16,7 +16,8 @@ float64: the variance is the difference of two such sums. The backward is writte
 these products is a few dozen batched matmuls of 1-8 channels and strided gradient sums, which cost more than the
 forward. On the CPU the sums over q and k and their gradient are single passes of the fused kernel (``moment_sums``,
 ``moment_grad``), which read float32 inputs and accumulate in float64; the batched matmuls of the PyTorch form cost
-about a tenth of a MedT train step there.
+about a tenth of a MedT train step there. The batch norm's training scale ``weight / sqrt(var + eps)`` of each term and
+head follows from the moments (:func:`logit_norm_scale`), with its backward written out as well.
 """
 
 from __future__ import annotations
