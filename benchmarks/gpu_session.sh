@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One lent-GPU session (the device machine: python3 with CUDA torch, no MONAI, no network), ~7 minutes, the checks
 # that issues #3 and #5 still wait for, most needed first:
-#   1. Throughput and peak memory (benchmarks/bench_networks.py), the GPU alone: MedT at 128 with batch 32 and 128,
+#   1. Throughput and peak memory (benchmarks/bench_networks.py), the GPU alone: MedT at 128 with batch 4, 32 and 128,
 #      eager and with CUDA graphs (--cuda-graphs: the network's forward and backward replayed as graphs; never run
 #      before), fp32 and bf16 autocast; MedT at 256 (fp32, bf16); the paper's batch 4 with graphs; the gated U-Net.
 #      Each line has its own time limit, so a failing or slow line costs at most that.
@@ -37,6 +37,7 @@ BF16="--amp bf16 --peak-gflops 990000"  # H200 dense bf16 datasheet peak
 line() { stamp "bench $*"; timeout 90 $B "$@"; }
 {
     line --models MedT --batch 32 $FP32
+    line --models MedT --batch 4 $FP32  # eager, launch-bound: 26.4 img/s on 2026-11-28, before the operator cuts
     line --models MedT --batch 32 $FP32 --cuda-graphs
     line --models MedT --batch 32 $BF16
     line --models MedT --batch 32 $BF16 --cuda-graphs
