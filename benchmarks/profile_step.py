@@ -11,11 +11,12 @@ operators, sorted by their own CPU time, over ``--steps`` steps after three warm
 ``--shapes OP`` lists that operator's calls by input shapes instead (for ``aten::convolution_backward`` with the
 achieved GFLOP/s).
 
-``--count-ops`` counts the operators of one training forward + backward on the accelerator path instead (the network
-on the meta device, which runs the PyTorch attention and no CPU kernel): on a GPU each operator that is not a view is
-about one kernel launch, and an eager step whose kernels are small is bound by their number.
+``--count-ops`` counts the operators of one training forward + backward (``--mode eval``: one eval forward) on the
+accelerator path instead (the network on the meta device, which runs the PyTorch attention and no CPU kernel): on a
+GPU each operator that is not a view is about one kernel launch, and an eager step whose kernels are small is bound
+by their number.
 
-    python benchmarks/profile_step.py --model MedT --count-ops
+    python benchmarks/profile_step.py --model MedT --count-ops [--mode eval]
 """
 
 from __future__ import annotations
@@ -75,19 +76,31 @@ class _OperatorCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def count_ops(model: str, size: int, batch: int, rows: int) -> None:
-    """Print the operators of one training forward + backward (cross-entropy loss) on the meta device."""
+def count_ops(model: str, mode: str, size: int, batch: int, rows: int) -> None:
+    """
+    Print the operators of one training forward + backward (cross-entropy loss) or one eval forward (no gradients) on
+    the meta device.
+    """
     with torch.device("meta"):
-        net = getattr(nets, model)(in_channels=3, out_channels=2, img_size=size).train()
+        net = getattr(nets, model)(in_channels=3, out_channels=2, img_size=size).train(mode == "train")
         x = torch.rand(batch, 3, size, size)
         y = torch.randint(0, 2, (batch, size, size))
-    torch.nn.functional.cross_entropy(net(x), y).backward()  # first step: lazy initialisations stay out of the count
-    net.zero_grad(set_to_none=True)
+
+    def step() -> None:
+        if mode == "train":
+            torch.nn.functional.cross_entropy(net(x), y).backward()
+            net.zero_grad(set_to_none=True)
+        else:
+            with torch.no_grad():
+                net(x)
+
+    step()  # the first step's lazy initialisations stay out of the count
     with _OperatorCounter() as counter:
-        torch.nn.functional.cross_entropy(net(x), y).backward()
+        step()
     total = sum(counter.kernels.values())
-    print(f"# torch {torch.__version__}; {model} train forward + backward, {batch}x3x{size}x{size}, accelerator path "
-          f"(meta device): {total} operators besides {counter.views} views and allocations")
+    what = "train forward + backward" if mode == "train" else "eval forward"
+    print(f"# torch {torch.__version__}; {model} {what}, {batch}x3x{size}x{size}, accelerator path (meta device): "
+          f"{total} operators besides {counter.views} views and allocations")
     print(f"{'calls':>7}  operator")
     for name, calls in sorted(counter.kernels.items(), key=lambda kv: -kv[1])[:rows]:
         print(f"{calls:7d}  aten::{name}")
@@ -106,7 +119,7 @@ def main() -> None:
     parser.add_argument("--count-ops", action="store_true", help="count the accelerator path's operators instead")
     args = parser.parse_args()
     if args.count_ops:
-        count_ops(args.model, args.size, args.batch, args.rows)
+        count_ops(args.model, args.mode, args.size, args.batch, args.rows)
         return
 
     torch.set_num_threads(args.threads)

@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,6 +14,8 @@ from torch.utils._pytree import tree_leaves
 
 from monai_medt.networks import gate_values, set_gates_trainable
 from monai_medt.networks.blocks import attention_core
+from monai_medt.networks.blocks import axial_attention as axial_attention_module
+from monai_medt.networks.blocks import conv_norm as conv_norm_module
 from monai_medt.networks.blocks import stem as stem_module
 from monai_medt.networks.blocks.axial_attention import GatedAxialAttention
 from monai_medt.networks.blocks.conv_norm import conv_norm
@@ -283,6 +287,41 @@ def test_accelerator_path_reads_no_tensor_on_the_host(name):
     assert trainable and all(p.grad is not None and p.grad.is_meta for p in trainable)
     assert out.is_meta and out.shape == (2, 2, 64, 64)
     assert host_ops.calls == []
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_accelerator_forms_match_the_cpu_forms(name, monkeypatch):
+    """
+    The forms that accelerators run, computed on the CPU (the PyTorch attention with batched logits, eval-mode norms
+    not folded), give the CPU forms' eval outputs and training loss and gradients (float64, where an untrained
+    network's gradients are well conditioned): the meta-device test above checks their shapes, this their values.
+    """
+    kwargs = {} if VARIANTS[name] in (AxialUNet, LoGo) else {"learnable_gates": True}
+    net = build(VARIANTS[name], 3, 2, 64, **kwargs).double()
+    x, y = torch.rand(2, 3, 64, 64, dtype=torch.float64), torch.randint(0, 2, (2, 64, 64))
+    with torch.no_grad():
+        net.train()(x)  # running statistics that differ from the initial ones
+    state = copy.deepcopy(net.state_dict())
+
+    def run():
+        net.load_state_dict(state)
+        with torch.no_grad():
+            out = net.eval()(x)
+        net.train().zero_grad()
+        loss = F.cross_entropy(net(x), y)
+        loss.backward()
+        return [out, loss.detach()] + [p.grad for p in net.parameters() if p.requires_grad]
+
+    cpu = run()
+    monkeypatch.setenv(KERNEL_ENV, "0")
+    monkeypatch.setattr(attention_core, "_batched", lambda t: True)
+    monkeypatch.setattr(conv_norm_module, "folds_norms", lambda t: False)
+    monkeypatch.setattr(axial_attention_module, "folds_norms", lambda t: False)
+    accelerator = run()
+    assert len(accelerator) == len(cpu) > 30
+    for index, (got, want) in enumerate(zip(accelerator, cpu)):
+        # absolute: some gradients are zero but for rounding (a norm's shift before another norm)
+        torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-7, msg=lambda m, i=index: f"output {i}: {m}")
 
 
 @pytest.mark.parametrize("cls", [MedT, AxialUNet])

@@ -24,7 +24,7 @@ from monai.utils import look_up_option
 from monai_medt.networks.blocks import attention_core
 from monai_medt.networks.blocks.attention_core import RelativeAttentionFunction, chunk_rows, relative_attention
 from monai_medt.networks.blocks.batch_norm import batch_norm, update_running_stats
-from monai_medt.networks.blocks.conv_norm import conv_norm, norm_affine
+from monai_medt.networks.blocks.conv_norm import conv_norm, folds_norms, norm_affine
 from monai_medt.networks.blocks.cpu_kernel import cpu_kernel, fused_map_attention, fused_relative_attention
 from monai_medt.networks.blocks.logit_moments import (
     logit_moments,
@@ -101,13 +101,14 @@ class _AxialAttentionBase(nn.Module):
             out = F.relu(out, inplace=True)
         return out
 
-    def _fuse_eval(self) -> bool:
+    def _fuse_eval(self, x: torch.Tensor) -> bool:
         """
-        Whether the output map's inference-only fusion applies: eval mode with running statistics, eager
-        (TorchScript, tracing and ONNX keep the plain modules). The output batch norm is then a per-channel affine map
-        and is folded into the sum of the two terms. (The projection's norm is folded by ``conv_norm``.)
+        Whether the output map's inference-only fusion applies to input ``x``: eval mode with running statistics, eager
+        (TorchScript, tracing and ONNX keep the plain modules), where norms are folded (the CPU: see ``folds_norms``).
+        The output batch norm is then a per-channel affine map and is folded into the sum of the two terms. (The
+        projection's norm is folded by ``conv_norm``.)
         """
-        if self.training or torch.jit.is_tracing():
+        if self.training or torch.jit.is_tracing() or not folds_norms(x):
             return False
         return self.out_norm.running_var is not None
 
@@ -125,7 +126,7 @@ class _AxialAttentionBase(nn.Module):
         """
         if x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_grad_enabled():
             return None
-        if torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling() or not self._fuse_eval():
+        if torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling() or not self._fuse_eval(x):
             return None
         return cpu_kernel()
 
@@ -475,7 +476,7 @@ class AxialAttention(_AxialAttentionBase):
         sv, sve = self._attend(q1, k, q2, rq, k3, wk, v, rv, True)
         # nested: TorchScript drops a branch only when its condition is is_scripting() alone
         if not torch.jit.is_scripting():  # noqa: SIM102
-            if self._fuse_eval():
+            if self._fuse_eval(x):
                 after = gates[2:] if self.gate_after_norm else None
                 return self._output(self._to_map_eval([sv.to(x.dtype), sve.to(x.dtype)], b, h, w, after))
         out = self.out_norm(self._to_map([sv.to(x.dtype), sve.to(x.dtype)], b, h, w))
@@ -642,7 +643,7 @@ class AxialAttentionNoPos(_AxialAttentionBase):
         sv, _ = self._attend(q1, k, q1, empty, q1, empty, v, empty, False)
         # nested: TorchScript drops a branch only when its condition is is_scripting() alone
         if not torch.jit.is_scripting():  # noqa: SIM102
-            if self._fuse_eval():
+            if self._fuse_eval(x):
                 return self._output(self._to_map_eval([sv.to(x.dtype)], b, h, w, None))
         out = self.out_norm(self._to_map([sv.to(x.dtype)], b, h, w))
         return self._output(out)

@@ -10,7 +10,16 @@ from torch import nn
 
 from monai_medt.networks.blocks.batch_norm import batch_norm
 
-__all__ = ["conv_norm", "norm_affine"]
+__all__ = ["conv_norm", "folds_norms", "norm_affine"]
+
+
+def folds_norms(x: torch.Tensor) -> bool:
+    """
+    Whether eval-mode batch norms that act on ``x``'s device are folded into the layer before them: on the CPU, where
+    folding saves a pass over the output; not on accelerators, where the folding's half-dozen small ops per norm are
+    each a kernel launch, against one for the norm itself, and an eager step of these networks is bound by launches.
+    """
+    return x.device.type == "cpu"
 
 
 def norm_affine(norm: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -42,10 +51,10 @@ def conv_norm(
 ) -> torch.Tensor:
     """
     ``norm(conv(x))``, plus ``residual`` where given, followed by a ReLU where ``relu``. Where the norm uses its
-    running statistics (eval mode) it is an affine map per channel, so it is folded into the convolution's weight and
-    bias: one pass over the output instead of two. The folded weights are computed on every call (a few thousand
-    values), so they always follow the current parameters. In training the norm (with the residual and ReLU) runs as
-    :func:`~monai_medt.networks.blocks.batch_norm.batch_norm`.
+    running statistics (eval mode) it is an affine map per channel, so on the CPU it is folded into the convolution's
+    weight and bias: one pass over the output instead of two (see :func:`folds_norms`). The folded weights are computed
+    on every call (a few thousand values), so they always follow the current parameters. In training, and on
+    accelerators, the norm (with the residual and ReLU) runs as :func:`~monai_medt.networks.blocks.batch_norm.batch_norm`.
 
     Args:
         conv: a 2D convolution (zero padding).
@@ -64,6 +73,8 @@ def conv_norm(
     """
     if norm.training or any(t is None for t in (norm.running_mean, norm.running_var, norm.weight, norm.bias)):
         return batch_norm(norm, conv(x), relu, residual=residual, output_kept=output_kept)
+    if not folds_norms(x):
+        return batch_norm(norm, conv(x), relu, residual=residual)
     scale, shift = norm_affine(norm)
     if conv.bias is not None:
         shift = shift + conv.bias * scale
