@@ -54,7 +54,8 @@ def conv_norm(
     running statistics (eval mode) it is an affine map per channel, so on the CPU it is folded into the convolution's
     weight and bias: one pass over the output instead of two (see :func:`folds_norms`). The folded weights are computed
     on every call (a few thousand values), so they always follow the current parameters. In training, and on
-    accelerators, the norm (with the residual and ReLU) runs as :func:`~monai_medt.networks.blocks.batch_norm.batch_norm`.
+    accelerators, the norm (with the residual and ReLU) runs as
+    :func:`~monai_medt.networks.blocks.batch_norm.batch_norm`.
 
     Args:
         conv: a 2D convolution (zero padding).
