@@ -347,7 +347,8 @@ class _AxialAttentionBase(nn.Module):
                     var, count,
                 )
         else:
-            scale = (weight.double() / torch.sqrt(norm.running_var.double() + eps)).to(dtype)
+            # in the core's dtype (a no-op cast for float32 models): three ops, each a kernel launch on accelerators
+            scale = weight.to(dtype) * torch.rsqrt(norm.running_var.to(dtype) + eps)
         return scale.view(terms, self.num_heads)
 
     @torch.jit.unused
