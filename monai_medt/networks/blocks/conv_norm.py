@@ -72,10 +72,12 @@ def conv_norm(
         >>> conv_norm(conv, norm, torch.rand(1, 3, 16, 16)).shape
         torch.Size([1, 8, 16, 16])
     """
-    if norm.training or any(t is None for t in (norm.running_mean, norm.running_var, norm.weight, norm.bias)):
+    if (
+        norm.training
+        or any(t is None for t in (norm.running_mean, norm.running_var, norm.weight, norm.bias))
+        or not folds_norms(x)
+    ):
         return batch_norm(norm, conv(x), relu, residual=residual, output_kept=output_kept)
-    if not folds_norms(x):
-        return batch_norm(norm, conv(x), relu, residual=residual)
     scale, shift = norm_affine(norm)
     if conv.bias is not None:
         shift = shift + conv.bias * scale

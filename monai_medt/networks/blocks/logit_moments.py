@@ -322,9 +322,17 @@ def logit_norm_scale_reference(
     Returns:
         the scale (terms * G,) in ``dtype`` and the batch variance (terms * G,) float64 (for the running statistics).
     """
+    _, _, var, _, scale = _norm_scale_terms(means, squares, weight, eps)
+    return scale.to(dtype), var.detach()
+
+
+def _norm_scale_terms(means: torch.Tensor, squares: torch.Tensor, weight: torch.Tensor, eps: float):
+    """(mean, squares - mean^2, var, sqrt(var + eps), scale), flat float64: the scale's formula and its intermediates."""
     mean = means.reshape(-1)
-    var = (squares.reshape(-1) - mean * mean).clamp_min(0.0)
-    return (weight.double() / torch.sqrt(var + eps)).to(dtype), var.detach()
+    raw = squares.reshape(-1) - mean * mean
+    var = raw.clamp_min(0.0)
+    std = torch.sqrt(var + eps)
+    return mean, raw, var, std, weight.double() / std
 
 
 class LogitNormScaleFunction(torch.autograd.Function):
@@ -335,11 +343,7 @@ class LogitNormScaleFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, means, squares, weight, eps: float, dtype: torch.dtype):  # type: ignore[override]
-        mean = means.reshape(-1)
-        raw = squares.reshape(-1) - mean * mean
-        var = raw.clamp_min(0.0)
-        std = torch.sqrt(var + eps)
-        scale = weight.double() / std
+        mean, raw, var, std, scale = _norm_scale_terms(means, squares, weight, eps)
         ctx.save_for_backward(mean, raw, std, scale)
         ctx.types = (means.shape, weight.dtype)
         ctx.mark_non_differentiable(var)
