@@ -3,5 +3,5 @@
 
 from __future__ import annotations
 
-from .dicom_seg import SEG_CODING_SCHEME, require_highdicom, write_dicom_seg
+from .dicom_seg import SEG_CODING_SCHEME, check_dicom_seg_sources, require_highdicom, write_dicom_seg
 from .dictionary import SaveDicomSegD, SaveDicomSegd, SaveDicomSegDict

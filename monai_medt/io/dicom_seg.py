@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,7 +23,7 @@ pydicom, _ = optional_import("pydicom")
 codes, _ = optional_import("pydicom.sr.codedict", name="codes")
 InvalidDicomError, _ = optional_import("pydicom.errors", name="InvalidDicomError")
 
-__all__ = ["SEG_CODING_SCHEME", "require_highdicom", "write_dicom_seg"]
+__all__ = ["SEG_CODING_SCHEME", "check_dicom_seg_sources", "require_highdicom", "write_dicom_seg"]
 
 # The bundle's classes carry names, not codes of a standard terminology, so each segment's property type is a
 # private code (scheme designators starting with "99" are local, DICOM PS3.3 8.1.2): value = class value, meaning = class name.
@@ -121,6 +121,42 @@ def write_dicom_seg(
     finally:
         tmp.unlink(missing_ok=True)
     return output_path
+
+
+def check_dicom_seg_sources(
+    items: Sequence[Mapping[str, str]], class_names: Mapping[int | str, str], num_classes: int, image_key: str = "image"
+) -> None:
+    """
+    Check before any inference what :func:`write_dicom_seg` will need, so that a run that writes DICOM-SEGs stops
+    before its first output rather than part way through a folder: ``class_names`` names every class value
+    ``1..num_classes - 1``, and each item whose ``image_key`` is a folder holds one readable DICOM series of
+    single-frame images whose instances all carry their UIDs. Items that are files (NIfTI, NRRD, ...) get no SEG and
+    are not checked.
+
+    Args:
+        items: datalist entries, e.g. ``[{"image": "scans/ct1"}, {"image": "scans/mr2.nii.gz"}]``.
+        class_names: segment label of each class value, as for :func:`write_dicom_seg`.
+        num_classes: the network's output channels, background included.
+        image_key: the key of the input path in each item. Defaults to ``"image"``.
+
+    Raises:
+        ImportError: when highdicom is not installed.
+        ValueError: naming the file or folder, as :func:`write_dicom_seg` would for that input, or naming the classes
+            without a name.
+    """
+    require_highdicom()
+    series_dirs = [Path(item[image_key]) for item in items if os.path.isdir(item[image_key])]
+    if not series_dirs:
+        return
+    names = _segment_names(class_names, series_dirs[0])
+    unnamed = [k for k in range(1, num_classes) if k not in names]
+    if unnamed:
+        raise ValueError(
+            f"DICOM-SEG: the network predicts class values 1..{num_classes - 1}, but class_names ({dict(class_names)}) "
+            f"has no name for {unnamed}; set class_names (the bundle's --class_names) for every class."
+        )
+    for series_dir in series_dirs:
+        _read_series(series_dir)
 
 
 def require_highdicom() -> None:

@@ -12,7 +12,7 @@ from tests.data.dicom_series import assert_seg_matches, check_layout, referencea
 
 pytest.importorskip("highdicom", reason="highdicom is not installed (pip install monai-medt[dicom])")
 
-from monai_medt.io import write_dicom_seg
+from monai_medt.io import check_dicom_seg_sources, write_dicom_seg
 
 NAMES = {1: "liver", 2: "spleen"}
 
@@ -85,6 +85,19 @@ def test_failures_name_the_input_and_leave_no_file(series, tmp_path, monkeypatch
     with pytest.raises(OSError, match="disk full"):
         write_dicom_seg(labels, affine, series_dir, out, NAMES)
     assert list(tmp_path.iterdir()) == []  # no SEG, no temporary file
+
+
+def test_sources_checked_before_inference(series, tmp_path):
+    series_dir = series[0]
+    nifti = tmp_path / "scan.nii.gz"  # a file input gets no SEG, so it is not read at all
+    items = [{"image": str(nifti)}, {"image": str(series_dir)}]
+    assert check_dicom_seg_sources(items, NAMES, num_classes=3) is None
+    with pytest.raises(ValueError, match=r"class values 1..3, but class_names .* has no name for \[3\]"):
+        check_dicom_seg_sources(items, NAMES, num_classes=4)
+    with pytest.raises(ValueError, match="CT.*empty or missing SOPClassUID, SOPInstanceUID, StudyInstanceUID"):
+        check_dicom_seg_sources([*items, {"image": str(shared_series())}], NAMES, num_classes=3)
+    # no series among the inputs: the names are not needed either
+    assert check_dicom_seg_sources([{"image": str(nifti)}], {}, num_classes=3) is None
 
 
 def test_missing_highdicom_fails_when_the_bundle_is_parsed(monkeypatch):
