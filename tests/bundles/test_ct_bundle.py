@@ -169,6 +169,28 @@ def test_inference_writes_dicom_seg(ct_dataset, tmp_path):
     assert_seg_matches(out / "series1_seg.dcm", series, labels, affine, {1: "liver", 2: "spleen"})
 
 
+def test_dicom_seg_inputs_checked_before_any_output(ct_dataset, tmp_path):
+    pytest.importorskip("highdicom", reason="highdicom is not installed (pip install monai-medt[dicom])")
+    _, ct = ct_dataset
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    # sorted first, so that it would be segmented and written before the series that cannot be referenced
+    os.symlink(ct / "v2_small" / "example_ct_sm.nii.gz", inputs / "a_ct.nii.gz")
+    os.symlink(shared_series(), inputs / "series1")  # anonymised: its instances have empty UIDs
+    from monai_medt.networks.nets import MedT
+
+    torch.save(MedT(1, 3, img_size=64).state_dict(), tmp_path / "random.pt")
+    out = tmp_path / "out"
+    proc = run_bundle(
+        "--config_file", "configs/inference.json", "--dataset_dir", str(inputs), "--ckpt_path",
+        str(tmp_path / "random.pt"), "--output_dir", str(out), "--img_size", "64", "--pixdim", "[8.0, 8.0]",
+        "--out_channels", "3", "--num_workers", "0", "--dicom_seg", "true", "--class_names",
+        "{1: 'liver', 2: 'spleen'}", root=tmp_path, check=False,
+    )
+    assert proc.returncode != 0 and "empty or missing SOPClassUID" in proc.stderr and "CT.1.3" in proc.stderr
+    assert not out.exists() or list(out.iterdir()) == []
+
+
 def test_evaluate(trained, ct_dataset):
     root, _ = trained
     data, _ = ct_dataset
@@ -180,6 +202,33 @@ def test_evaluate(trained, ct_dataset):
     assert len(raw) == 2 and "example_ct_sm" in raw[1]
     pred = nib.load(next((root / "eval" / "pred").glob("*_seg.nii.gz")))
     assert pred.shape == (122, 101, 30)
+
+
+def test_totalseg_sample_prepared_for_training(tmp_path):
+    ct = require_path(shared_dir() / "data" / "totalseg_ct")
+    out = tmp_path / "organs"
+    proc = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts" / "prepare_totalseg_ct.py"), "--data", str(ct), "--out", str(out),
+         "--organs", "liver", "spleen"], capture_output=True, text=True, timeout=300, check=True,
+    )
+    dataset = json.loads((out / "dataset.json").read_text())
+    assert dataset["labels"] == {"0": "background", "1": "liver", "2": "spleen"}
+    # liver and spleen are ids 5 and 1 in both TotalSegmentator label schemes
+    for entry, source in zip(dataset["training"], ("v1_full/example_seg_multilabel_v1.nii.gz",
+                                                    "v2_small/example_seg_multilabel_v2.nii.gz")):
+        ids, organs = nib.load(ct / source), nib.load(entry["label"])
+        np.testing.assert_array_equal(organs.affine, ids.affine)
+        expected = np.select([np.asarray(ids.dataobj) == 5, np.asarray(ids.dataobj) == 1], [1, 2], 0)
+        np.testing.assert_array_equal(np.asarray(organs.dataobj), expected)
+        assert expected.max() == 2 and organs.get_data_dtype() == np.uint8
+    command = proc.stdout.strip().splitlines()[-1]
+    assert command.endswith(f"--dataset_dir {out} --val_fraction 0.5 --out_channels 3")
+    # the printed settings train (one volume trains, the other validates)
+    run = run_bundle(
+        "--config_file", "configs/train.json", "--dataset_dir", str(out), "--val_fraction", "0.5", "--epochs", "1",
+        "--val_interval", "1", "--num_samples", "2", "--batch_size", "1", *TINY, root=tmp_path,
+    )
+    assert "Epoch[1] Complete" in run.stdout + run.stderr
 
 
 def test_mr_preset_trains(tmp_path):
@@ -231,6 +280,7 @@ def test_verify_export_and_properties(trained, ct_dataset, tmp_path):
             config_file=str(BUNDLE / "configs" / config), meta_file=str(BUNDLE / "configs" / "metadata.json"),
             logging_file=str(BUNDLE / "configs" / "logging.conf"), workflow_type=kind, init_id="skip_initialize",
             bundle_root=str(BUNDLE), dataset_dir=str(dataset_dir), val_fraction=0.34, num_workers=0,
+            output_dir=str(tmp_path / "eval"), ckpt_dir=str(tmp_path / "models"),  # not the repository's bundle
         )
         workflow.initialize()
         assert workflow.check_properties() in (None, []), config
