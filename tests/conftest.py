@@ -37,6 +37,25 @@ def count_applies(monkeypatch, function: type[torch.autograd.Function]) -> list:
     return calls
 
 
+def _bundle_files() -> dict[str, tuple[int, int]]:
+    root = REPO_ROOT / "bundles"
+    return {
+        str(path.relative_to(root)): (path.stat().st_size, path.stat().st_mtime_ns)
+        for path in root.rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts
+    }
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _bundles_left_unchanged():
+    """Tests write under tmp_path: the repository's bundles (configs, shipped weights) end the session as they began."""
+    before = _bundle_files()
+    yield
+    after = _bundle_files()
+    changed = sorted(name for name in before.keys() | after.keys() if before.get(name) != after.get(name))
+    assert not changed, f"the tests wrote into bundles/: {changed}"
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
     torch.manual_seed(0)

@@ -208,7 +208,7 @@ def test_metadata_has_required_keys():
         assert (BUNDLE / name).is_file(), name
 
 
-def test_bundle_properties(glas):
+def test_bundle_properties(glas, tmp_path):
     from monai.bundle import ConfigWorkflow
 
     for config in ("configs/train.json", "configs/inference.json"):
@@ -221,6 +221,8 @@ def test_bundle_properties(glas):
             dataset_dir=str(glas if "train" in config else glas / "test" / "img"),
             max_cases=2,
             num_workers=0,
+            output_dir=str(tmp_path / "eval"),  # the trainer's handlers open their log folders here
+            ckpt_dir=str(tmp_path / "models"),
         )
         workflow.initialize()
         assert workflow.check_properties() in (None, []), config
