@@ -12,6 +12,7 @@ ground truth.
 from __future__ import annotations
 
 import argparse
+import csv
 import os
 import sys
 import time
@@ -87,8 +88,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.cases > 0:
         summary = segment_glas(args.glas, args.cases, args.output_dir)
         if summary is not None:
+            if args.cases <= 10:
+                with open(args.output_dir / "scores" / "per_image.csv", newline="") as f:
+                    for row in csv.DictReader(f):
+                        print(f"  {row['name']:<12} F1 {float(row['paper_f1']):.3f}  IoU {float(row['paper_iou']):.3f}")
             scores = ", ".join(f"{k} {v:.3f}" for k, v in summary["mean"].items() if k != "hd95_1")
             print(f"mean over {summary['cases']} images: {scores}")
+            if args.cases < 80:
+                print("(single images vary widely; --cases 80 scores the whole GlaS test set: README, GlaS results)")
             print(f"masks: {args.output_dir / 'pred'} | overlays: {args.output_dir / 'overlays'}")
     return 1 if failures else 0
 

@@ -21,6 +21,7 @@ def test_main_job_segments_glas_with_shipped_weights(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "MISMATCH" not in printed and "mean over 2 images" in printed
     images = sorted((glas / "test" / "img").glob("*.png"))[:2]
+    assert all(f"  {image.stem} " in printed for image in images)  # each image's score
     for image in images:
         mask = np.asarray(Image.open(out / "pred" / image.name))
         assert mask.shape == np.asarray(Image.open(image)).shape[:2]

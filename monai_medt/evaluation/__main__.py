@@ -1,8 +1,8 @@
 # Copyright (c) monai-medt contributors
 # Licensed under the Apache License, Version 2.0 (the "License"); see the LICENSE file.
 """
-``python -m monai_medt.evaluation --pred-dir P --label-dir L --output-dir O [--image-dir I]``: score predicted masks,
-write per_image.csv, summary.json and overlays/.
+``python -m monai_medt.evaluation --pred-dir P --label-dir L --output-dir O [--image-dir I]``: score predicted masks
+against ground truth of the same names; write per_image.csv, summary.json and overlays/.
 """
 
 from __future__ import annotations
@@ -15,12 +15,18 @@ from monai_medt.evaluation.evaluate import evaluate_folder
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m monai_medt.evaluation", description=__doc__.strip().splitlines()[0])
-    parser.add_argument("--pred-dir", required=True)
-    parser.add_argument("--label-dir", required=True)
-    parser.add_argument("--output-dir", required=True)
-    parser.add_argument("--image-dir", default=None)
-    parser.add_argument("--num-classes", type=int, default=2)
+    parser = argparse.ArgumentParser(
+        prog="python -m monai_medt.evaluation",
+        description="Score predicted masks against ground truth of the same names; write per_image.csv, summary.json "
+        "and overlays/.",
+    )
+    parser.add_argument(
+        "--pred-dir", required=True, help="predicted masks (PNG/BMP/TIF 0/255 or 0/1, or label volumes)"
+    )
+    parser.add_argument("--label-dir", required=True, help="ground truth with the same file names (any extension)")
+    parser.add_argument("--output-dir", required=True, help="folder for per_image.csv, summary.json and overlays/")
+    parser.add_argument("--image-dir", default=None, help="images of the same names, for the overlays (optional)")
+    parser.add_argument("--num-classes", type=int, default=2, help="classes including background (default 2)")
     parser.add_argument("--overlays", type=int, default=5, help="number of overlay PNGs to write")
     parser.add_argument(
         "--official-tp-zero", action="store_true", help="score images with TP = 0 as 1 (the official MATLAB rule)"
@@ -39,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps({"cases": summary["cases"], "mean": summary["mean"], "pooled_dice": summary["pooled_dice"]}, indent=1))
+    result = {"cases": summary["cases"], "mean": summary["mean"], "pooled_dice": summary["pooled_dice"]}
+    print(json.dumps(result, indent=1))
     return 0
 
 
