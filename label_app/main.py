@@ -7,7 +7,11 @@ MONAI Label app serving the MedT bundles of this repository:
   segmentation (/infer) and training (/train) through the bundles' own configs;
 - ``medt_click_<modality>`` from ``medt_interactive_segmentation``: click-guided MedT (DeepGrow type) for each
   modality whose weights exist (``models/model_<modality>.pt``);
-- ``medt_epistemic``: MC-dropout scoring for active learning, when ``--conf epistemic_model <bundle>`` is given.
+- ``medt_epistemic``: MC-dropout scoring, when ``--conf epistemic_model <bundle>`` is given, and the ``epistemic``
+  active-learning strategy that serves the unlabelled image with the highest score next.
+
+A bundle without weights is trained through /train; its model (and the scoring on it) is served as soon as its
+weights exist, without a restart.
 
 Start (no network access at start-up; the bundles are copied from ``../bundles`` into ``model/`` on first start)::
 
@@ -16,7 +20,7 @@ Start (no network access at start-up; the bundles are copied from ``../bundles``
 ``--conf`` keys: ``models`` (comma-separated bundle names or ``all``), ``bundles_dir`` (where the bundles are read,
 default ``<app>/../bundles``), ``model_dir`` (the writable copies, default ``<app>/model``), ``epistemic_model``,
 ``epistemic_dropout`` (0.2), ``epistemic_simulation_size`` (5), ``epistemic_max_samples`` (0 = all),
-``preload`` (false).
+``preload`` (false), ``skip_trainers`` (false).
 """
 
 from __future__ import annotations
@@ -24,21 +28,24 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Collection
 
+from monailabel.config import settings
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.tasks.infer_v2 import InferTask
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.interfaces.tasks.train import TrainTask
+from monailabel.tasks.activelearning.epistemic import Epistemic
 from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
-from monailabel.tasks.scoring.epistemic_v2 import EpistemicScoring
 from monailabel.utils.others.generic import strtobool
 
 import monai_medt
 from monai_medt.label import stage_bundles
 from monai_medt.label.infer import MCDropoutBundleInferTask, MedTBundleInferTask
 from monai_medt.label.interactive import MedTClickInferTask
+from monai_medt.label.scoring import MedTEpistemicScoring
 from monai_medt.label.train import MedTBundleTrainTask
 
 logger = logging.getLogger(__name__)
@@ -48,6 +55,10 @@ INTERACTIVE_BUNDLE = "medt_interactive_segmentation"
 INTERACTIVE_MODALITIES = ("histology", "ct", "mr")
 VOLUME_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+
+def _has_weights(bundle: str, name: str = "model") -> bool:
+    return any(os.path.exists(os.path.join(bundle, "models", f"{name}{ext}")) for ext in (".pt", ".ts"))
 
 
 def _dimension(bundle: str) -> int:
@@ -79,20 +90,46 @@ class MyApp(MONAILabelApp):
             version=monai_medt.__version__,
         )
 
-    def init_infers(self) -> dict[str, InferTask]:
+    def _new_infers(self, served: Collection[str]) -> dict[str, InferTask]:
+        """Infer tasks for the models not in ``served`` whose weights exist."""
         infers: dict[str, InferTask] = {}
         preload = strtobool(self.conf.get("preload", "false"))
         for name, path in self.bundles.items():
             if name == INTERACTIVE_BUNDLE:
                 for modality in INTERACTIVE_MODALITIES:
-                    if os.path.exists(os.path.join(path, "models", f"model_{modality}.pt")):
-                        infers[f"medt_click_{modality}"] = MedTClickInferTask(path, modality, preload=preload)
-                continue
-            task = MedTBundleInferTask(path, self.conf, dimension=self.dimensions[name])
-            if task.is_valid():  # a bundle without models/model.pt (or model.ts) cannot infer yet
-                infers[name] = task
-        logger.info(f"+++ MedT infer tasks: {list(infers)}")
+                    key = f"medt_click_{modality}"
+                    if key not in served and _has_weights(path, f"model_{modality}"):
+                        infers[key] = MedTClickInferTask(path, modality, preload=preload)
+            elif name not in served and _has_weights(path):
+                infers[name] = MedTBundleInferTask(path, self.conf, dimension=self.dimensions[name])
         return infers
+
+    def init_infers(self) -> dict[str, InferTask]:
+        infers = self._new_infers(())
+        logger.info(f"+++ MedT infer tasks: {list(infers)} (bundles without weights are served once trained)")
+        return infers
+
+    def _serve_trained(self) -> None:
+        """
+        Serve the models whose weights appeared since start-up: /train runs in a process of its own, so this server
+        learns of a newly trained bundle only from its files. Called for /info and /infer (/scoring runs in a process
+        that builds the app anew).
+        """
+        new = self._new_infers(self._infers)
+        if new:
+            logger.info(f"+++ MedT infer tasks added: {list(new)}")
+            self._infers.update(new)
+        if (settings.MONAI_LABEL_TASKS_SCORING and self.epistemic_model and not self._scoring_methods
+                and _has_weights(self.bundles[self.epistemic_model])):
+            self._scoring_methods.update(self.init_scoring_methods())
+
+    def info(self):
+        self._serve_trained()
+        return super().info()
+
+    def infer(self, request, datastore=None):
+        self._serve_trained()
+        return super().infer(request, datastore)
 
     def init_trainers(self) -> dict[str, TrainTask]:
         trainers: dict[str, TrainTask] = {}
@@ -112,21 +149,27 @@ class MyApp(MONAILabelApp):
         return {k: v for k, v in trainers.items() if v.is_valid()}
 
     def init_strategies(self) -> dict[str, Strategy]:
-        return {"random": Random(), "first": First()}
+        strategies: dict[str, Strategy] = {"random": Random(), "first": First()}
+        if self.epistemic_model:  # the scoring's entropy, highest first
+            strategies["epistemic"] = Epistemic()
+        return strategies
 
     def init_scoring_methods(self) -> dict[str, ScoringMethod]:
         if not self.epistemic_model:
             return {}
         path = self.bundles[self.epistemic_model]
+        if not _has_weights(path):
+            logger.warning(f"epistemic_model '{self.epistemic_model}' has no weights yet: scored once it is trained")
+            return {}
+        dimension = self.dimensions[self.epistemic_model]
         task = MCDropoutBundleInferTask(
-            path,
-            self.conf,
-            dimension=self.dimensions[self.epistemic_model],
-            dropout=float(self.conf.get("epistemic_dropout", "0.2")),
+            path, self.conf, dimension=dimension, dropout=float(self.conf.get("epistemic_dropout", "0.2"))
         )
         return {
-            "medt_epistemic": EpistemicScoring(
+            "medt_epistemic": MedTEpistemicScoring(
                 task,
+                extensions=VOLUME_EXTENSIONS if dimension == 3 else IMAGE_EXTENSIONS,
+                series_folders=dimension == 3,
                 max_samples=int(self.conf.get("epistemic_max_samples", "0")),
                 simulation_size=int(self.conf.get("epistemic_simulation_size", "5")),
             )
