@@ -80,10 +80,14 @@ def test_onnx_reproduces_eager(tmp_path):
     import onnxruntime
 
     net = _trained_eval(MedT(1, 2, img_size=64, patch_grid=2))
-    x = torch.rand(2, 1, 64, 64)
     path = tmp_path / "medt.onnx"
-    torch.onnx.export(net, (x,), str(path), input_names=["image"], output_names=["pred"], dynamo=False, opset_version=17)
+    torch.onnx.export(
+        net, (torch.rand(2, 1, 64, 64),), str(path), input_names=["image"], output_names=["pred"], dynamo=False,
+        opset_version=17, dynamic_axes={"image": {0: "batch"}, "pred": {0: "batch"}},
+    )
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (onnx_out,) = session.run(None, {"image": x.numpy()})
-    with torch.no_grad():
-        torch.testing.assert_close(torch.from_numpy(onnx_out), net(x), atol=1e-4, rtol=1e-4)
+    for batch in (1, 3):  # other batch sizes than the traced one
+        x = torch.rand(batch, 1, 64, 64)
+        (onnx_out,) = session.run(None, {"image": x.numpy()})
+        with torch.no_grad():
+            torch.testing.assert_close(torch.from_numpy(onnx_out), net(x), atol=1e-4, rtol=1e-4)
