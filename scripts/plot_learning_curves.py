@@ -31,10 +31,29 @@ def read_scalars(log_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return {t: (np.array(sorted(v)), np.array([v[s] for s in sorted(v)])) for t, v in merged.items()}
 
 
+def iterations_per_epoch(scalars: dict[str, tuple[np.ndarray, np.ndarray]], log_dir: Path) -> int:
+    """
+    The run's own iterations per epoch: the bundles log ``train_loss`` per iteration and the trainer's
+    ``train_mean_dice`` per epoch, both on global steps, so the last of each divide.
+    """
+    if "train_mean_dice" not in scalars:
+        raise ValueError(f"{log_dir}: no per-epoch train_mean_dice to count epochs by; pass --iters-per-epoch")
+    last_iteration, last_epoch = int(scalars["train_loss"][0].max()), int(scalars["train_mean_dice"][0].max())
+    per_epoch, rest = divmod(last_iteration, last_epoch)
+    if rest or not per_epoch:
+        raise ValueError(
+            f"{log_dir}: {last_iteration} iterations in {last_epoch} epochs is not a whole number per epoch (a run "
+            "stopped within an epoch?); pass --iters-per-epoch"
+        )
+    return per_epoch
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", action="append", required=True, help="NAME=LOG_DIR (repeat)")
-    parser.add_argument("--iters-per-epoch", type=int, default=19, help="training iterations per epoch (GlaS: 19)")
+    parser.add_argument(
+        "--iters-per-epoch", type=int, help="training iterations per epoch (default: read from each run's logs)"
+    )
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
 
@@ -48,9 +67,9 @@ def main() -> None:
         name, _, log_dir = spec.partition("=")
         scalars = read_scalars(Path(log_dir))
         steps, loss = scalars["train_loss"]
-        epochs = (steps - 1) // args.iters_per_epoch + 1
+        epochs = (steps - 1) // (args.iters_per_epoch or iterations_per_epoch(scalars, Path(log_dir))) + 1
         per_epoch = [loss[epochs == e].mean() for e in np.unique(epochs)]
-        (line,) = ax_loss.plot(np.unique(epochs), per_epoch, label=name)
+        (line,) = ax_loss.plot(np.unique(epochs), per_epoch, marker=".", markersize=3, label=name)
         if "val_mean_dice" in scalars:  # same colour per run in both panels
             ax_dice.plot(*scalars["val_mean_dice"], marker=".", label=name, color=line.get_color())
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="training loss (mean per epoch)")

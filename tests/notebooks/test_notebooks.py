@@ -32,9 +32,14 @@ def test_notebook_runs(path, monkeypatch):
     monkeypatch.setenv("MEDT_NB_CASES", "8")
     monkeypatch.setenv("MEDT_NB_IMG_SIZE", "64")
     monkeypatch.setenv("MONAI_MEDT_SHARED", str(shared_dir()))
-    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel's inline backend, as in Jupyter
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]))
     nb = nbformat.read(path, as_version=4)
     NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
     outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "NOTEBOOK-OK" in outputs
+    # every figure a cell draws is shown, as a reader opening the notebook in Jupyter sees it
+    for cell in nb.cells:
+        if cell.cell_type == "code" and "plt.show()" in cell.source:
+            shown = [o for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
+            assert shown, f"{path.name}: cell {cell.id} draws a figure but shows none"
