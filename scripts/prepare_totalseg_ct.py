@@ -71,16 +71,15 @@ def main() -> None:
             name = Path(label).name.replace(".nii.gz", "_organs.nii.gz")
             label_path = organ_labels(label_path, args.data / id_names, args.organs, args.out / "labels" / name)
         entries.append({"image": str(args.data / image), "label": str(label_path)})
+    dataset = {
+        "name": "totalseg_ct_sample",
+        "description": "TotalSegmentator test CT with model-output labels (v1 and v2 label ids; 1 spleen, "
+        "2 kidney_right, 3 kidney_left, 5 liver, 6 stomach in both)",
+        "training": entries,
+    }
     if args.organs:
-        labels = {"0": "background", **{str(k): name for k, name in enumerate(args.organs, start=1)}}
-        description = "TotalSegmentator test CT with model-output labels: " + ", ".join(args.organs)
-    else:
-        labels = None
-        description = ("TotalSegmentator test CT with model-output labels (v1 and v2 label ids; 1 spleen, "
-                       "2 kidney_right, 3 kidney_left, 5 liver, 6 stomach in both)")
-    dataset = {"name": "totalseg_ct_sample", "description": description, "training": entries}
-    if labels:
-        dataset["labels"] = labels
+        dataset["description"] = "TotalSegmentator test CT with model-output labels: " + ", ".join(args.organs)
+        dataset["labels"] = {"0": "background", **{str(k): name for k, name in enumerate(args.organs, start=1)}}
     (args.out / "dataset.json").write_text(json.dumps(dataset, indent=2))
     print(args.out / "dataset.json")
     if args.organs:
