@@ -60,6 +60,12 @@ def test_monai_scores_hand_computed_and_empty():
         monai_scores(np.full((2, 2), 3), np.zeros((2, 2)), num_classes=2)
 
 
+def test_monai_scores_hides_monai_internal_deprecation(recwarn):
+    # MONAI's HD95 passes its own deprecated argument (Project-MONAI/MONAI#9059); users of monai_scores cannot act on it
+    monai_scores(P, G, num_classes=2)
+    assert not [w for w in recwarn if "always_return_as_numpy" in str(w.message)]
+
+
 def test_object_scores_hand_computed():
     gt = np.zeros((10, 10), int)
     gt[0:4, 0:4] = 1  # object A, 16 px
