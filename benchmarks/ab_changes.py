@@ -53,6 +53,8 @@ that alters what is allocated can read faster here than in a training process of
 - ``norm-from-output``: the attention projections' training-mode batch norms save their output (which the attention
   saves anyway) and recover the normalised input from it in the backward, against saving their input as well; timed
   on train steps. It changes memory more than time: ``--fresh`` also prints each side's peak RSS.
+- ``winograd-conv``: in CPU training, the wide 3x3 convolutions (MedT's and LoGo's local stems) as Winograd F(4x4,
+  3x3) transforms and batched matrix products against oneDNN's direct convolution; timed on train steps.
 
 ``eval-fusion``, ``inference-kernel``, ``direct-projection`` and ``direct-output`` switch ``map-kernel`` off on both
 sides when they time eval forwards: the map-to-map kernel replaces the paths they compare. For the same reason
@@ -76,6 +78,7 @@ sides when they time train steps.
     python benchmarks/ab_changes.py --change block-fusion --model MedT --threads 2 --rounds 6
     python benchmarks/ab_changes.py --change block-fusion --model MedT --threads 2 --rounds 6 --fresh
     python benchmarks/ab_changes.py --change norm-from-output --model MedT --threads 2 --rounds 6 --fresh
+    python benchmarks/ab_changes.py --change winograd-conv --model MedT --threads 2 --rounds 6 --fresh
 """
 
 from __future__ import annotations
@@ -103,6 +106,7 @@ from monai_medt.networks.blocks import (
     decoder,
     logit_moments,
     stem,
+    winograd,
 )
 
 
@@ -195,6 +199,12 @@ def switch(change: str) -> Callable[[bool], None]:
         def use(on: bool) -> None:
             batch_norm._invertible = invertible if on else (lambda weight, bias: False)
 
+    elif change == "winograd-conv":
+        applies = winograd.winograd_applies
+
+        def use(on: bool) -> None:
+            winograd.winograd_applies = applies if on else (lambda conv, x: False)
+
     elif change == "map-training":
         train_map_kernel = axial_attention._AxialAttentionBase._train_map_kernel
 
@@ -260,7 +270,7 @@ def main() -> None:
     changes = [
         "eval-fusion", "logit-moments", "channels-last-stem", "inference-kernel", "conv-norm-fold", "direct-projection",
         "direct-output", "map-kernel", "channels-last-eval", "avx512-build", "moments-kernel", "channels-last-upsample",
-        "map-training", "fused-batch-norm", "block-fusion", "norm-from-output",
+        "map-training", "fused-batch-norm", "block-fusion", "norm-from-output", "winograd-conv",
     ]
     parser.add_argument("--change", default="eval-fusion", choices=changes)
     parser.add_argument("--model", default="MedT", choices=["MedT", "LoGo", "GatedAxialUNet", "AxialUNet"])
@@ -282,7 +292,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     train_changes = (
-        "logit-moments", "moments-kernel", "map-training", "fused-batch-norm", "block-fusion", "norm-from-output"
+        "logit-moments", "moments-kernel", "map-training", "fused-batch-norm", "block-fusion", "norm-from-output",
+        "winograd-conv",
     )
     train = args.change in train_changes or args.train
     net = getattr(nets, args.model)(in_channels=3, out_channels=2, img_size=args.size).train(train)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from monai_medt.networks.blocks.batch_norm import batch_norm
+from monai_medt.networks.blocks.winograd import winograd_conv
 
 __all__ = ["conv_norm", "folds_norms", "norm_affine"]
 
@@ -55,7 +56,8 @@ def conv_norm(
     weight and bias: one pass over the output instead of two (see :func:`folds_norms`). The folded weights are computed
     on every call (a few thousand values), so they always follow the current parameters. In training, and on
     accelerators, the norm (with the residual and ReLU) runs as
-    :func:`~monai_medt.networks.blocks.batch_norm.batch_norm`.
+    :func:`~monai_medt.networks.blocks.batch_norm.batch_norm`, after the convolution (in CPU training, wide 3x3
+    convolutions on :func:`~monai_medt.networks.blocks.winograd.winograd_conv`).
 
     Args:
         conv: a 2D convolution (zero padding).
@@ -77,7 +79,7 @@ def conv_norm(
         or any(t is None for t in (norm.running_mean, norm.running_var, norm.weight, norm.bias))
         or not folds_norms(x)
     ):
-        return batch_norm(norm, conv(x), relu, residual=residual, output_kept=output_kept)
+        return batch_norm(norm, winograd_conv(conv, x), relu, residual=residual, output_kept=output_kept)
     scale, shift = norm_affine(norm)
     if conv.bias is not None:
         shift = shift + conv.bias * scale

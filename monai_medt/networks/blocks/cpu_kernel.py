@@ -2,7 +2,8 @@
 # Licensed under the Apache License, Version 2.0 (the "License"); see the LICENSE file.
 """
 Optional fused CPU kernel of the relative axial attention (``csrc/relative_attention_cpu.cpp``), which also holds the
-training-mode batch norm of :mod:`monai_medt.networks.blocks.batch_norm` (``csrc/batch_norm_cpu.cpp``).
+training-mode batch norm of :mod:`monai_medt.networks.blocks.batch_norm` (``csrc/batch_norm_cpu.cpp``) and the Winograd
+transforms of :mod:`monai_medt.networks.blocks.winograd` (``csrc/winograd_conv_cpu.cpp``).
 
 It computes exactly :func:`monai_medt.networks.blocks.attention_core.relative_attention` and its gradients on blocks of
 query rows (float32: 8 rows, 16 on AVX-512 CPUs; float64: one row at a time), so that the (N, L, L) logit and attention
@@ -41,8 +42,10 @@ __all__ = [
 KERNEL_ENV = "MONAI_MEDT_CPU_KERNEL"
 _CSRC = os.path.join(os.path.dirname(__file__), "csrc")
 # compiled into one library (the first holds the Python bindings); the header is part of the cache key too
-_SOURCES = [os.path.join(_CSRC, name) for name in ("relative_attention_cpu.cpp", "batch_norm_cpu.cpp")]
-_HEADERS = [os.path.join(_CSRC, "batch_norm_cpu.h")]
+_SOURCES = [
+    os.path.join(_CSRC, name) for name in ("relative_attention_cpu.cpp", "batch_norm_cpu.cpp", "winograd_conv_cpu.cpp")
+]
+_HEADERS = [os.path.join(_CSRC, name) for name in ("batch_norm_cpu.h", "winograd_conv_cpu.h")]
 _state: dict[str, ModuleType | None] = {}
 
 

@@ -17,6 +17,7 @@
 #include <ATen/Parallel.h>
 
 #include "batch_norm_cpu.h"
+#include "winograd_conv_cpu.h"
 
 #include <cmath>
 #include <cstdint>
@@ -1383,4 +1384,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("moment_grad", &moment_grad, "gradient of the logit moments with respect to q or k");
   m.def("batch_norm_forward", &batch_norm_forward, "training-mode batch norm (+ ReLU) of a contiguous float32 map");
   m.def("batch_norm_backward", &batch_norm_backward, "backward of batch_norm_forward");
+  m.def("winograd_input", &winograd_input, "Winograd F(4x4, 3x3) input transform into (36, C, T)");
+  m.def("winograd_input_adjoint", &winograd_input_adjoint, "adjoint of winograd_input, back to a map");
+  m.def("winograd_output", &winograd_output, "Winograd F(4x4, 3x3) output transform from (36, O, T)");
+  m.def("winograd_output_adjoint", &winograd_output_adjoint, "adjoint of winograd_output, into (36, O, T)");
 }
