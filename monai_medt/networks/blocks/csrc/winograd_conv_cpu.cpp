@@ -103,6 +103,11 @@ inline void store_points(const float (*out)[kLanes], int64_t point_stride, int l
 
 struct Tiling {
   int64_t n, c, h, w, tw, per_image, tiles;
+
+  // real tiles in the block that starts at tile t0 of a plane
+  int lanes(int64_t t0) const { return static_cast<int>(std::min<int64_t>(kLanes, per_image - t0)); }
+  // offset of tile t's top-left element in a plane whose rows are `row` floats apart
+  int64_t origin(int64_t t, int64_t row) const { return 4 * (t / tw) * row + 4 * (t % tw); }
 };
 
 Tiling tiling(const char* name, int64_t n, int64_t c, int64_t h, int64_t w) {
@@ -121,129 +126,114 @@ void check_points(const char* name, const torch::Tensor& t, const Tiling& s) {
               name, ": expected a contiguous float32 (36, ", s.c, ", ", s.tiles, ") tensor, got ", t.sizes());
 }
 
+// the tiling of `map` (N, C, H, W), after checking it and `points` (36, C, T)
+Tiling checked(const char* name, const torch::Tensor& map, const torch::Tensor& points) {
+  check_map(name, map);
+  const Tiling s = tiling(name, map.size(0), map.size(1), map.size(2), map.size(3));
+  check_points(name, points, s);
+  return s;
+}
+
+// fn(c, n, pad) for every (channel, image) plane, channels split across threads; `pad` is the thread's zeroed
+// (H + 2) x (W + 2) scratch plane (its border stays zero unless fn writes it)
+template <typename F>
+void for_each_plane(const Tiling& s, F fn) {
+  at::parallel_for(0, s.c, 1, [&](int64_t c0, int64_t c1) {
+    std::vector<float> pad((s.h + 2) * (s.w + 2), 0.f);
+    for (int64_t c = c0; c < c1; ++c)
+      for (int64_t n = 0; n < s.n; ++n) fn(c, n, pad.data());
+  });
+}
+
 }  // namespace
 
 void winograd_input(const torch::Tensor& x, torch::Tensor& v) {
-  check_map("winograd_input", x);
-  const Tiling s = tiling("winograd_input", x.size(0), x.size(1), x.size(2), x.size(3));
-  check_points("winograd_input", v, s);
+  const Tiling s = checked("winograd_input", x, v);
   const float* xp = x.data_ptr<float>();
   float* vp = v.data_ptr<float>();
   const int64_t pw = s.w + 2, point_stride = s.c * s.tiles;
-  at::parallel_for(0, s.c, 1, [&](int64_t c0, int64_t c1) {
-    std::vector<float> pad((s.h + 2) * pw, 0.f);  // the plane with its zero border (the border is never written)
+  for_each_plane(s, [&](int64_t c, int64_t n, float* pad) {
     alignas(64) float d[36][kLanes], rows[36][kLanes], out[36][kLanes];
-    for (int64_t c = c0; c < c1; ++c) {
-      for (int64_t n = 0; n < s.n; ++n) {
-        const float* plane = xp + (n * s.c + c) * s.h * s.w;
-        for (int64_t r = 0; r < s.h; ++r) std::memcpy(&pad[(r + 1) * pw + 1], plane + r * s.w, s.w * sizeof(float));
-        for (int64_t t0 = 0; t0 < s.per_image; t0 += kLanes) {
-          const int lanes = static_cast<int>(std::min<int64_t>(kLanes, s.per_image - t0));
-          for (int l = 0; l < kLanes; ++l) {  // lanes past the last tile repeat it and are not stored
-            const int64_t t = t0 + std::min(l, lanes - 1);
-            const float* src = &pad[4 * (t / s.tw) * pw + 4 * (t % s.tw)];
-            for (int i = 0; i < 6; ++i)
-              for (int j = 0; j < 6; ++j) d[i * 6 + j][l] = src[i * pw + j];
-          }
-          for (int j = 0; j < 6; ++j) input_1d<6, 6>(&d[j], &rows[j]);  // down each column
-          for (int i = 0; i < 6; ++i) input_1d<1, 1>(&rows[i * 6], &out[i * 6]);  // along each row
-          float* dst = vp + c * s.tiles + n * s.per_image + t0;
-          store_points(out, point_stride, lanes, dst);
-        }
+    const float* plane = xp + (n * s.c + c) * s.h * s.w;
+    for (int64_t r = 0; r < s.h; ++r) std::memcpy(pad + (r + 1) * pw + 1, plane + r * s.w, s.w * sizeof(float));
+    for (int64_t t0 = 0; t0 < s.per_image; t0 += kLanes) {
+      const int lanes = s.lanes(t0);
+      for (int l = 0; l < kLanes; ++l) {  // lanes past the last tile repeat it and are not stored
+        const float* src = pad + s.origin(t0 + std::min(l, lanes - 1), pw);
+        for (int i = 0; i < 6; ++i)
+          for (int j = 0; j < 6; ++j) d[i * 6 + j][l] = src[i * pw + j];
       }
+      for (int j = 0; j < 6; ++j) input_1d<6, 6>(&d[j], &rows[j]);  // down each column
+      for (int i = 0; i < 6; ++i) input_1d<1, 1>(&rows[i * 6], &out[i * 6]);  // along each row
+      store_points(out, point_stride, lanes, vp + c * s.tiles + n * s.per_image + t0);
     }
   });
 }
 
 void winograd_input_adjoint(const torch::Tensor& dv, torch::Tensor& dx) {
-  check_map("winograd_input_adjoint", dx);
-  const Tiling s = tiling("winograd_input_adjoint", dx.size(0), dx.size(1), dx.size(2), dx.size(3));
-  check_points("winograd_input_adjoint", dv, s);
+  const Tiling s = checked("winograd_input_adjoint", dx, dv);
   const float* gp = dv.data_ptr<float>();
   float* xp = dx.data_ptr<float>();
   const int64_t pw = s.w + 2, point_stride = s.c * s.tiles;
-  at::parallel_for(0, s.c, 1, [&](int64_t c0, int64_t c1) {
-    std::vector<float> pad((s.h + 2) * pw);
+  for_each_plane(s, [&](int64_t c, int64_t n, float* pad) {
     alignas(64) float g[36][kLanes], rows[36][kLanes], d[36][kLanes];
-    for (int64_t c = c0; c < c1; ++c) {
-      for (int64_t n = 0; n < s.n; ++n) {
-        std::fill(pad.begin(), pad.end(), 0.f);
-        for (int64_t t0 = 0; t0 < s.per_image; t0 += kLanes) {
-          const int lanes = static_cast<int>(std::min<int64_t>(kLanes, s.per_image - t0));
-          const float* src = gp + c * s.tiles + n * s.per_image + t0;
-          load_points(src, point_stride, lanes, g);
-          for (int i = 0; i < 6; ++i) input_1d_adjoint<1, 1>(&g[i * 6], &rows[i * 6]);
-          for (int j = 0; j < 6; ++j) input_1d_adjoint<6, 6>(&rows[j], &d[j]);
-          for (int l = 0; l < lanes; ++l) {  // neighbouring tiles overlap by two rows and columns: summed
-            const int64_t t = t0 + l;
-            float* dst = &pad[4 * (t / s.tw) * pw + 4 * (t % s.tw)];
-            for (int i = 0; i < 6; ++i)
-              for (int j = 0; j < 6; ++j) dst[i * pw + j] += d[i * 6 + j][l];
-          }
-        }
-        float* plane = xp + (n * s.c + c) * s.h * s.w;
-        for (int64_t r = 0; r < s.h; ++r) std::memcpy(plane + r * s.w, &pad[(r + 1) * pw + 1], s.w * sizeof(float));
+    std::fill(pad, pad + (s.h + 2) * pw, 0.f);
+    for (int64_t t0 = 0; t0 < s.per_image; t0 += kLanes) {
+      const int lanes = s.lanes(t0);
+      load_points(gp + c * s.tiles + n * s.per_image + t0, point_stride, lanes, g);
+      for (int i = 0; i < 6; ++i) input_1d_adjoint<1, 1>(&g[i * 6], &rows[i * 6]);
+      for (int j = 0; j < 6; ++j) input_1d_adjoint<6, 6>(&rows[j], &d[j]);
+      for (int l = 0; l < lanes; ++l) {  // neighbouring tiles overlap by two rows and columns: summed
+        float* dst = pad + s.origin(t0 + l, pw);
+        for (int i = 0; i < 6; ++i)
+          for (int j = 0; j < 6; ++j) dst[i * pw + j] += d[i * 6 + j][l];
       }
     }
+    float* plane = xp + (n * s.c + c) * s.h * s.w;
+    for (int64_t r = 0; r < s.h; ++r) std::memcpy(plane + r * s.w, pad + (r + 1) * pw + 1, s.w * sizeof(float));
   });
 }
 
 void winograd_output(const torch::Tensor& m, torch::Tensor& y) {
-  check_map("winograd_output", y);
-  const Tiling s = tiling("winograd_output", y.size(0), y.size(1), y.size(2), y.size(3));
-  check_points("winograd_output", m, s);
+  const Tiling s = checked("winograd_output", y, m);
   const float* mp = m.data_ptr<float>();
   float* yp = y.data_ptr<float>();
   const int64_t point_stride = s.c * s.tiles;
-  at::parallel_for(0, s.c, 1, [&](int64_t o0, int64_t o1) {
+  for_each_plane(s, [&](int64_t o, int64_t n, float*) {
     alignas(64) float g[36][kLanes], rows[24][kLanes], out[16][kLanes];
-    for (int64_t o = o0; o < o1; ++o) {
-      for (int64_t n = 0; n < s.n; ++n) {
-        float* plane = yp + (n * s.c + o) * s.h * s.w;
-        for (int64_t t0 = 0; t0 < s.per_image; t0 += kLanes) {
-          const int lanes = static_cast<int>(std::min<int64_t>(kLanes, s.per_image - t0));
-          const float* src = mp + o * s.tiles + n * s.per_image + t0;
-          load_points(src, point_stride, lanes, g);
-          for (int j = 0; j < 6; ++j) output_1d<6, 6>(&g[j], &rows[j]);  // (4, 6)
-          for (int i = 0; i < 4; ++i) output_1d<1, 1>(&rows[i * 6], &out[i * 4]);  // (4, 4)
-          for (int l = 0; l < lanes; ++l) {
-            const int64_t t = t0 + l;
-            float* dst = plane + 4 * (t / s.tw) * s.w + 4 * (t % s.tw);
-            for (int i = 0; i < 4; ++i)
-              for (int j = 0; j < 4; ++j) dst[i * s.w + j] = out[i * 4 + j][l];
-          }
-        }
+    float* plane = yp + (n * s.c + o) * s.h * s.w;
+    for (int64_t t0 = 0; t0 < s.per_image; t0 += kLanes) {
+      const int lanes = s.lanes(t0);
+      load_points(mp + o * s.tiles + n * s.per_image + t0, point_stride, lanes, g);
+      for (int j = 0; j < 6; ++j) output_1d<6, 6>(&g[j], &rows[j]);  // (4, 6)
+      for (int i = 0; i < 4; ++i) output_1d<1, 1>(&rows[i * 6], &out[i * 4]);  // (4, 4)
+      for (int l = 0; l < lanes; ++l) {
+        float* dst = plane + s.origin(t0 + l, s.w);
+        for (int i = 0; i < 4; ++i)
+          for (int j = 0; j < 4; ++j) dst[i * s.w + j] = out[i * 4 + j][l];
       }
     }
   });
 }
 
 void winograd_output_adjoint(const torch::Tensor& dy, torch::Tensor& dm) {
-  check_map("winograd_output_adjoint", dy);
-  const Tiling s = tiling("winograd_output_adjoint", dy.size(0), dy.size(1), dy.size(2), dy.size(3));
-  check_points("winograd_output_adjoint", dm, s);
+  const Tiling s = checked("winograd_output_adjoint", dy, dm);
   const float* gp = dy.data_ptr<float>();
   float* mp = dm.data_ptr<float>();
   const int64_t point_stride = s.c * s.tiles;
-  at::parallel_for(0, s.c, 1, [&](int64_t o0, int64_t o1) {
+  for_each_plane(s, [&](int64_t o, int64_t n, float*) {
     alignas(64) float g[16][kLanes], rows[24][kLanes], out[36][kLanes];
-    for (int64_t o = o0; o < o1; ++o) {
-      for (int64_t n = 0; n < s.n; ++n) {
-        const float* plane = gp + (n * s.c + o) * s.h * s.w;
-        for (int64_t t0 = 0; t0 < s.per_image; t0 += kLanes) {
-          const int lanes = static_cast<int>(std::min<int64_t>(kLanes, s.per_image - t0));
-          for (int l = 0; l < kLanes; ++l) {
-            const int64_t t = t0 + std::min(l, lanes - 1);
-            const float* src = plane + 4 * (t / s.tw) * s.w + 4 * (t % s.tw);
-            for (int i = 0; i < 4; ++i)
-              for (int j = 0; j < 4; ++j) g[i * 4 + j][l] = src[i * s.w + j];
-          }
-          for (int i = 0; i < 4; ++i) output_1d_adjoint<1, 1>(&g[i * 4], &rows[i * 6]);  // (4, 6)
-          for (int j = 0; j < 6; ++j) output_1d_adjoint<6, 6>(&rows[j], &out[j]);  // (6, 6)
-          float* dst = mp + o * s.tiles + n * s.per_image + t0;
-          store_points(out, point_stride, lanes, dst);
-        }
+    const float* plane = gp + (n * s.c + o) * s.h * s.w;
+    for (int64_t t0 = 0; t0 < s.per_image; t0 += kLanes) {
+      const int lanes = s.lanes(t0);
+      for (int l = 0; l < kLanes; ++l) {  // lanes past the last tile repeat it and are not stored
+        const float* src = plane + s.origin(t0 + std::min(l, lanes - 1), s.w);
+        for (int i = 0; i < 4; ++i)
+          for (int j = 0; j < 4; ++j) g[i * 4 + j][l] = src[i * s.w + j];
       }
+      for (int i = 0; i < 4; ++i) output_1d_adjoint<1, 1>(&g[i * 4], &rows[i * 6]);  // (4, 6)
+      for (int j = 0; j < 6; ++j) output_1d_adjoint<6, 6>(&rows[j], &out[j]);  // (6, 6)
+      store_points(out, point_stride, lanes, mp + o * s.tiles + n * s.per_image + t0);
     }
   });
 }
