@@ -108,7 +108,39 @@ struct Tiling {
   int lanes(int64_t t0) const { return static_cast<int>(std::min<int64_t>(kLanes, per_image - t0)); }
   // offset of tile t's top-left element in a plane whose rows are `row` floats apart
   int64_t origin(int64_t t, int64_t row) const { return 4 * (t / tw) * row + 4 * (t % tw); }
+  // offset of the (channel, image) plane in an (N, C, H, W) map
+  int64_t plane(int64_t channel, int64_t image) const { return (image * c + channel) * h * w; }
+  // in (36, C, T): the distance between two points of a tile, and where tile t0 of image n's channel-c plane starts
+  int64_t point_stride() const { return c * tiles; }
+  int64_t points(int64_t channel, int64_t image, int64_t t0) const { return channel * tiles + image * per_image + t0; }
 };
+
+// the K x K blocks at the tiles t0 .. t0 + kLanes - 1 of a plane (rows `row` floats apart) into lanes; lanes past the
+// last real tile repeat it (their results are not stored)
+template <int K>
+inline void gather_tiles(const Tiling& s, const float* plane, int64_t row, int64_t t0, int lanes, float (*g)[kLanes]) {
+  for (int l = 0; l < kLanes; ++l) {
+    const float* src = plane + s.origin(t0 + std::min(l, lanes - 1), row);
+    for (int i = 0; i < K; ++i)
+      for (int j = 0; j < K; ++j) g[i * K + j][l] = src[i * row + j];
+  }
+}
+
+// the lanes' K x K blocks back into the plane at their tiles, written or (Add: where tiles overlap) summed
+template <int K, bool Add>
+inline void scatter_tiles(const Tiling& s, const float (*out)[kLanes], int64_t t0, int lanes, float* plane,
+                          int64_t row) {
+  for (int l = 0; l < lanes; ++l) {
+    float* dst = plane + s.origin(t0 + l, row);
+    for (int i = 0; i < K; ++i)
+      for (int j = 0; j < K; ++j) {
+        if (Add)
+          dst[i * row + j] += out[i * K + j][l];
+        else
+          dst[i * row + j] = out[i * K + j][l];
+      }
+  }
+}
 
 Tiling tiling(const char* name, int64_t n, int64_t c, int64_t h, int64_t w) {
   TORCH_CHECK(h % 4 == 0 && w % 4 == 0, name, ": height and width must be multiples of 4, got ", h, "x", w);
@@ -116,7 +148,7 @@ Tiling tiling(const char* name, int64_t n, int64_t c, int64_t h, int64_t w) {
 }
 
 void check_map(const char* name, const torch::Tensor& t) {
-  TORCH_CHECK(t.dim() == 4 && t.scalar_type() == torch::kFloat && t.is_contiguous() && !t.is_cuda(), name,
+  TORCH_CHECK(t.dim() == 4 && t.scalar_type() == torch::kFloat && t.is_contiguous() && t.is_cpu(), name,
               ": expected a contiguous float32 (N, C, H, W) CPU tensor, got ", t.sizes());
 }
 
@@ -151,21 +183,17 @@ void winograd_input(const torch::Tensor& x, torch::Tensor& v) {
   const Tiling s = checked("winograd_input", x, v);
   const float* xp = x.data_ptr<float>();
   float* vp = v.data_ptr<float>();
-  const int64_t pw = s.w + 2, point_stride = s.c * s.tiles;
+  const int64_t pw = s.w + 2;
   for_each_plane(s, [&](int64_t c, int64_t n, float* pad) {
     alignas(64) float d[36][kLanes], rows[36][kLanes], out[36][kLanes];
-    const float* plane = xp + (n * s.c + c) * s.h * s.w;
+    const float* plane = xp + s.plane(c, n);
     for (int64_t r = 0; r < s.h; ++r) std::memcpy(pad + (r + 1) * pw + 1, plane + r * s.w, s.w * sizeof(float));
     for (int64_t t0 = 0; t0 < s.per_image; t0 += kLanes) {
       const int lanes = s.lanes(t0);
-      for (int l = 0; l < kLanes; ++l) {  // lanes past the last tile repeat it and are not stored
-        const float* src = pad + s.origin(t0 + std::min(l, lanes - 1), pw);
-        for (int i = 0; i < 6; ++i)
-          for (int j = 0; j < 6; ++j) d[i * 6 + j][l] = src[i * pw + j];
-      }
+      gather_tiles<6>(s, pad, pw, t0, lanes, d);
       for (int j = 0; j < 6; ++j) input_1d<6, 6>(&d[j], &rows[j]);  // down each column
       for (int i = 0; i < 6; ++i) input_1d<1, 1>(&rows[i * 6], &out[i * 6]);  // along each row
-      store_points(out, point_stride, lanes, vp + c * s.tiles + n * s.per_image + t0);
+      store_points(out, s.point_stride(), lanes, vp + s.points(c, n, t0));
     }
   });
 }
@@ -174,22 +202,18 @@ void winograd_input_adjoint(const torch::Tensor& dv, torch::Tensor& dx) {
   const Tiling s = checked("winograd_input_adjoint", dx, dv);
   const float* gp = dv.data_ptr<float>();
   float* xp = dx.data_ptr<float>();
-  const int64_t pw = s.w + 2, point_stride = s.c * s.tiles;
+  const int64_t pw = s.w + 2;
   for_each_plane(s, [&](int64_t c, int64_t n, float* pad) {
     alignas(64) float g[36][kLanes], rows[36][kLanes], d[36][kLanes];
     std::fill(pad, pad + (s.h + 2) * pw, 0.f);
     for (int64_t t0 = 0; t0 < s.per_image; t0 += kLanes) {
       const int lanes = s.lanes(t0);
-      load_points(gp + c * s.tiles + n * s.per_image + t0, point_stride, lanes, g);
+      load_points(gp + s.points(c, n, t0), s.point_stride(), lanes, g);
       for (int i = 0; i < 6; ++i) input_1d_adjoint<1, 1>(&g[i * 6], &rows[i * 6]);
       for (int j = 0; j < 6; ++j) input_1d_adjoint<6, 6>(&rows[j], &d[j]);
-      for (int l = 0; l < lanes; ++l) {  // neighbouring tiles overlap by two rows and columns: summed
-        float* dst = pad + s.origin(t0 + l, pw);
-        for (int i = 0; i < 6; ++i)
-          for (int j = 0; j < 6; ++j) dst[i * pw + j] += d[i * 6 + j][l];
-      }
+      scatter_tiles<6, true>(s, d, t0, lanes, pad, pw);  // neighbouring tiles overlap by two rows and columns
     }
-    float* plane = xp + (n * s.c + c) * s.h * s.w;
+    float* plane = xp + s.plane(c, n);
     for (int64_t r = 0; r < s.h; ++r) std::memcpy(plane + r * s.w, pad + (r + 1) * pw + 1, s.w * sizeof(float));
   });
 }
@@ -198,20 +222,15 @@ void winograd_output(const torch::Tensor& m, torch::Tensor& y) {
   const Tiling s = checked("winograd_output", y, m);
   const float* mp = m.data_ptr<float>();
   float* yp = y.data_ptr<float>();
-  const int64_t point_stride = s.c * s.tiles;
   for_each_plane(s, [&](int64_t o, int64_t n, float*) {
     alignas(64) float g[36][kLanes], rows[24][kLanes], out[16][kLanes];
-    float* plane = yp + (n * s.c + o) * s.h * s.w;
+    float* plane = yp + s.plane(o, n);
     for (int64_t t0 = 0; t0 < s.per_image; t0 += kLanes) {
       const int lanes = s.lanes(t0);
-      load_points(mp + o * s.tiles + n * s.per_image + t0, point_stride, lanes, g);
+      load_points(mp + s.points(o, n, t0), s.point_stride(), lanes, g);
       for (int j = 0; j < 6; ++j) output_1d<6, 6>(&g[j], &rows[j]);  // (4, 6)
       for (int i = 0; i < 4; ++i) output_1d<1, 1>(&rows[i * 6], &out[i * 4]);  // (4, 4)
-      for (int l = 0; l < lanes; ++l) {
-        float* dst = plane + s.origin(t0 + l, s.w);
-        for (int i = 0; i < 4; ++i)
-          for (int j = 0; j < 4; ++j) dst[i * s.w + j] = out[i * 4 + j][l];
-      }
+      scatter_tiles<4, false>(s, out, t0, lanes, plane, s.w);
     }
   });
 }
@@ -220,20 +239,15 @@ void winograd_output_adjoint(const torch::Tensor& dy, torch::Tensor& dm) {
   const Tiling s = checked("winograd_output_adjoint", dy, dm);
   const float* gp = dy.data_ptr<float>();
   float* mp = dm.data_ptr<float>();
-  const int64_t point_stride = s.c * s.tiles;
   for_each_plane(s, [&](int64_t o, int64_t n, float*) {
     alignas(64) float g[16][kLanes], rows[24][kLanes], out[36][kLanes];
-    const float* plane = gp + (n * s.c + o) * s.h * s.w;
+    const float* plane = gp + s.plane(o, n);
     for (int64_t t0 = 0; t0 < s.per_image; t0 += kLanes) {
       const int lanes = s.lanes(t0);
-      for (int l = 0; l < kLanes; ++l) {  // lanes past the last tile repeat it and are not stored
-        const float* src = plane + s.origin(t0 + std::min(l, lanes - 1), s.w);
-        for (int i = 0; i < 4; ++i)
-          for (int j = 0; j < 4; ++j) g[i * 4 + j][l] = src[i * s.w + j];
-      }
+      gather_tiles<4>(s, plane, s.w, t0, lanes, g);
       for (int i = 0; i < 4; ++i) output_1d_adjoint<1, 1>(&g[i * 4], &rows[i * 6]);  // (4, 6)
       for (int j = 0; j < 6; ++j) output_1d_adjoint<6, 6>(&rows[j], &out[j]);  // (6, 6)
-      store_points(out, point_stride, lanes, mp + o * s.tiles + n * s.per_image + t0);
+      store_points(out, s.point_stride(), lanes, mp + s.points(o, n, t0));
     }
   });
 }
